@@ -1,0 +1,109 @@
+"""Name -> block class registry, filled by the ``@register_block`` decorator (timm's registry pattern)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from torch import nn
+
+__all__ = ["register_block", "list_blocks", "get_block", "create_block", "is_block"]
+
+BlockT = TypeVar("BlockT", bound=type[nn.Module])
+
+_BLOCKS: dict[str, type[nn.Module]] = {}
+_ALIASES: dict[str, str] = {}
+# Called with each newly registered canonical name; visattn.models uses it to add timm variants (resnet18_<name>).
+_ON_REGISTER: list[Callable[[str], None]] = []
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def register_block(name: str, *, aliases: Sequence[str] = ()) -> Callable[[BlockT], BlockT]:
+    """Register an attention block class under ``name`` (and optional aliases).
+
+    The class must follow timm's ``attn_layer`` contract: ``Block(channels, **kwargs)`` returning a module that maps
+    ``(B, C, H, W) -> (B, C, H, W)``. To support ``inject(..., init='identity')`` it should also accept
+    ``identity_init: bool``. Registering also adds timm models ``resnet18_<name>``, ``resnet34_<name>``, ``resnet50_<name>``.
+
+    Args:
+        name: lower-case identifier, e.g. ``'my_gate'``.
+        aliases: other names that resolve to the same class (not listed by ``list_blocks()``).
+
+    Raises:
+        ValueError: if a name is not a lower-case identifier.
+
+    Example:
+        >>> @register_block('my_gate')
+        ... class MyGate(nn.Module):
+        ...     def __init__(self, channels, **kwargs): ...
+    """
+    for n in (name, *aliases):
+        if not isinstance(n, str) or not _NAME_RE.match(n):
+            raise ValueError(f"block name must be a lower-case identifier like 'my_block', got {n!r}")
+
+    def decorator(cls: BlockT) -> BlockT:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(f"register_block({name!r}) expects an nn.Module subclass, got {cls!r}")
+        if name in _BLOCKS or name in _ALIASES:
+            # Overwrite like timm's register_model does, so re-running a notebook cell works, but say so.
+            warnings.warn(f"visattn block {name!r} is already registered; overwriting it with {cls.__name__}", stacklevel=2)
+            _ALIASES.pop(name, None)
+        _BLOCKS[name] = cls
+        for alias in aliases:
+            _ALIASES[alias] = name
+        for callback in _ON_REGISTER:
+            callback(name)
+        return cls
+
+    return decorator
+
+
+def list_blocks(include_aliases: bool = False) -> list[str]:
+    """Names of the registered blocks, in registration order; with ``include_aliases`` the aliases follow."""
+    names = list(_BLOCKS)
+    return names + sorted(_ALIASES) if include_aliases else names
+
+
+def _canonical(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"block name must be a str, got {type(name).__name__} {name!r}")
+    key = name.lower()
+    key = _ALIASES.get(key, key)
+    if key not in _BLOCKS:
+        valid = list_blocks(include_aliases=True)
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown attention block {name!r}; valid names: {', '.join(valid)}.{hint}")
+    return key
+
+
+def get_block(name: str) -> type[nn.Module]:
+    """Return the block class registered under ``name`` (or an alias).
+
+    Raises:
+        ValueError: if ``name`` is not registered; the message lists the valid names.
+    """
+    return _BLOCKS[_canonical(name)]
+
+
+def canonical_name(name: str) -> str:
+    """Resolve an alias to its registered name (``'squeeze_excite'`` -> ``'se'``)."""
+    return _canonical(name)
+
+
+def create_block(name: str, channels: int, **kwargs: Any) -> nn.Module:
+    """Build the block registered under ``name`` for a ``channels``-wide feature map.
+
+    Example:
+        >>> block = create_block('cbam', 256, rd_ratio=1 / 8)
+    """
+    return get_block(name)(channels, **kwargs)
+
+
+def is_block(module: nn.Module) -> bool:
+    """True if ``module`` is an instance of a registered block class."""
+    return isinstance(module, tuple(_BLOCKS.values()))

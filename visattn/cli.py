@@ -1,0 +1,73 @@
+"""``visattn`` command line: ``visattn blocks`` lists the registry, ``visattn bench blocks`` runs the block benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _first_doc_line(obj: object) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def _cmd_blocks(args: argparse.Namespace) -> int:
+    import torch
+
+    from .blocks.registry import _ALIASES, get_block, list_blocks
+    from .utils import count_params
+
+    rows = [("name", "class", "aliases", f"params@{args.channels}ch", "timm models", "what it does")]
+    for name in list_blocks():
+        cls = get_block(name)
+        aliases = ", ".join(a for a, target in sorted(_ALIASES.items()) if target == name) or "-"
+        params = count_params(cls(args.channels, device=torch.device("meta")))
+        models = f"resnet{{18,34,50}}_{name}"
+        rows.append((name, cls.__name__, aliases, f"{params:,}", models, _first_doc_line(cls)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+        if i == 0:
+            print("  ".join("-" * w for w in widths) + "  " + "-" * len(row[-1]))
+    print("\nUse one:  timm.create_model('resnet50_cbam', num_classes=10)   or   visattn.inject(model, 'cbam')")
+    return 0
+
+
+def _cmd_bench_blocks(args: argparse.Namespace) -> int:
+    from .bench.blocks import run_block_benchmark
+
+    run_block_benchmark(device=args.device, quick=args.quick, markdown=args.markdown)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of the ``visattn`` command."""
+    parser = argparse.ArgumentParser(prog="visattn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    blocks = sub.add_parser("blocks", help="list the registered attention blocks")
+    blocks.add_argument("--channels", type=int, default=256, help="width used for the parameter count (default 256)")
+    blocks.set_defaults(func=_cmd_blocks)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bench_blocks = bench_sub.add_parser("blocks", help="time and memory of each block against its timm twin")
+    bench_blocks.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
+    bench_blocks.add_argument("--quick", action="store_true", help="fewer repeats and smaller shapes (smoke test)")
+    bench_blocks.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    bench_blocks.set_defaults(func=_cmd_bench_blocks)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``visattn`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Models: timm ``{arch}_{block}`` registrations, the small-input stem, injection into existing ResNets, loading."""
+
+from .inject import Injected, find_residual_blocks, inject
+from .inject_report import InjectionReport, InjectionSite
+from .stem import use_small_input_stem
+from .variants import ARCHITECTURES, create_attention_resnet, variant_names
+from .weights import load_weights, read_state_dict
+
+__all__ = [
+    "inject",
+    "Injected",
+    "InjectionReport",
+    "InjectionSite",
+    "find_residual_blocks",
+    "use_small_input_stem",
+    "create_attention_resnet",
+    "variant_names",
+    "ARCHITECTURES",
+    "load_weights",
+    "read_state_dict",
+]

@@ -1,0 +1,211 @@
+"""Put attention blocks into an existing (possibly trained) ResNet without breaking its weights.
+
+The block goes into the residual branch's attention slot that timm already calls (``block.se``, after the last norm,
+before the residual add); torchvision blocks are given that slot (see ``torchvision_blocks``). No original module is
+replaced, so every original state_dict key keeps its name. With ``init='identity'`` each block starts as an exact
+identity, so the injected model computes what the original computed until training moves it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import torch
+from timm.models.resnet import BasicBlock as TimmBasicBlock
+from timm.models.resnet import Bottleneck as TimmBottleneck
+from torch import nn
+from torchvision.models.resnet import BasicBlock as TvBasicBlock
+from torchvision.models.resnet import Bottleneck as TvBottleneck
+
+from ..blocks.registry import canonical_name, get_block
+from ..utils import count_flops, count_params, eval_mode, model_device_dtype
+from .inject_report import InjectionReport, InjectionSite
+from .torchvision_blocks import AttnBasicBlock, AttnBottleneck, with_attention_slot
+
+__all__ = ["inject", "Injected", "find_residual_blocks"]
+
+_TIMM_BLOCKS = (TimmBasicBlock, TimmBottleneck)
+_TV_BLOCKS = (TvBasicBlock, TvBottleneck, AttnBasicBlock, AttnBottleneck)
+_STAGE_RE = re.compile(r"^layer(\d+)$")
+# Identity must hold to float rounding of two identical forward passes (non-deterministic GPU kernels included).
+_IDENTITY_RTOL = 1e-5
+
+
+class Injected(NamedTuple):
+    """What ``inject`` returns: the (same, modified) model and a report of what went where."""
+
+    model: nn.Module
+    report: InjectionReport
+
+
+def find_residual_blocks(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    """Supported residual blocks per stage: ``{1: [('layer1.0', block), ...], ...}``.
+
+    Raises:
+        ValueError: if the model has no ``layerN`` stages holding timm or torchvision ResNet blocks.
+    """
+    stages: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, child in model.named_children():
+        match = _STAGE_RE.match(name)
+        if not match:
+            continue
+        blocks = [(f"{name}.{i}", b) for i, b in child.named_children() if isinstance(b, _TIMM_BLOCKS + _TV_BLOCKS)]
+        if blocks:
+            stages[int(match.group(1))] = blocks
+    if not stages:
+        children = ", ".join(f"{n} ({type(c).__name__})" for n, c in model.named_children()) or "none"
+        raise ValueError(
+            f"inject supports timm and torchvision ResNet-family models (stages layer1..layer4 of BasicBlock/"
+            f"Bottleneck); {type(model).__name__} has no such blocks. Its top-level children: {children}"
+        )
+    return stages
+
+
+def _select(
+        stages: dict[int, list[tuple[str, nn.Module]]],
+        which_stages: Sequence[int] | None,
+        which_blocks: str | Sequence[int],
+) -> list[tuple[str, nn.Module]]:
+    if which_stages is None:
+        chosen_stages = sorted(stages)
+    else:
+        if isinstance(which_stages, int) or not all(isinstance(s, int) for s in which_stages):
+            raise TypeError(f"stages must be a sequence of ints such as [3, 4], got {which_stages!r}")
+        bad = [s for s in which_stages if s not in stages]
+        if bad:
+            raise ValueError(f"stages={list(which_stages)} names stages {bad} that this model lacks; "
+                             f"valid: {sorted(stages)} (layer1..layer{max(stages)})")
+        chosen_stages = sorted(set(which_stages))
+    selected = []
+    for s in chosen_stages:
+        blocks = stages[s]
+        if which_blocks == "all":
+            selected += blocks
+        elif which_blocks == "last":
+            selected.append(blocks[-1])
+        elif isinstance(which_blocks, str) or not all(isinstance(i, int) for i in which_blocks):
+            raise ValueError(f"blocks must be 'all', 'last' or a list of block indices, got {which_blocks!r}")
+        else:
+            for i in which_blocks:
+                if not -len(blocks) <= i < len(blocks):
+                    raise ValueError(f"blocks index {i} is out of range for layer{s}, which has {len(blocks)} blocks")
+            selected += [blocks[i] for i in sorted({i % len(blocks) for i in which_blocks})]
+    return selected
+
+
+def _out_channels(block: nn.Module) -> int:
+    last_conv = block.conv3 if isinstance(block, (TimmBottleneck, TvBottleneck)) else block.conv2
+    return last_conv.out_channels
+
+
+def _build(block_cls: Any, channels: int, identity: bool, dd: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
+    if identity:
+        try:
+            accepts = "identity_init" in inspect.signature(block_cls).parameters
+        except (TypeError, ValueError):
+            accepts = False
+        if not accepts:
+            raise TypeError(
+                f"{getattr(block_cls, '__name__', block_cls)!r} takes no identity_init argument, so init='identity' "
+                f"cannot make it start as an identity; add `identity_init: bool` to it or use init='default'"
+            )
+        kwargs = {**kwargs, "identity_init": True}
+    return block_cls(channels, **kwargs, **dd)
+
+
+def inject(
+        model: nn.Module,
+        block: str | type[nn.Module],
+        *,
+        stages: Sequence[int] | None = None,
+        blocks: Literal["all", "last"] | Sequence[int] = "all",
+        init: Literal["identity", "default"] = "identity",
+        input_size: tuple[int, int, int] | None = None,
+        **block_kwargs: Any,
+) -> Injected:
+    """Add an attention block to residual blocks of a timm or torchvision ResNet, in place.
+
+    Args:
+        model: a timm ResNet/ResNeXt-family model or a torchvision ResNet, trained or not.
+        block: a registered block name (``'se'``, ``'cbam'``, ...) or a block class.
+        stages: which stages (``layer1``..``layer4`` -> 1..4) get blocks; default all.
+        blocks: within each chosen stage, ``'all'``, ``'last'`` or a list of block indices (negative allowed).
+        init: ``'identity'`` (outputs unchanged at step 0; checked) or ``'default'`` (the block's own random init).
+        input_size: ``(C, H, W)`` of the probe used for the FLOP count and the identity check; default the model's
+            ``pretrained_cfg['input_size']`` or ``(3, 224, 224)``.
+        **block_kwargs: passed to every block, e.g. ``rd_ratio=1/8``.
+
+    Returns:
+        ``Injected(model, report)``: the same model object, and what went where with its overhead.
+
+    Raises:
+        ValueError: bad arguments, a model with no supported blocks, or a block whose attention slot is taken.
+        TypeError: ``init='identity'`` with a block class that has no ``identity_init`` argument.
+        RuntimeError: ``init='identity'`` but the outputs changed (a block that does not honour ``identity_init``).
+
+    Example:
+        >>> model = timm.create_model('resnet50', pretrained=False)
+        >>> model, report = inject(model, 'cbam', stages=[3, 4])
+        >>> print(report)
+    """
+    if init not in ("identity", "default"):
+        raise ValueError(f"init must be 'identity' or 'default', got {init!r}")
+    block_cls = get_block(block) if isinstance(block, str) else block
+    block_name = canonical_name(block) if isinstance(block, str) else getattr(block, "__name__", repr(block))
+    if not callable(block_cls):
+        raise TypeError(f"block must be a registered name or an nn.Module class, got {block!r}")
+
+    selected = _select(find_residual_blocks(model), stages, blocks)
+    for path, res_block in selected:
+        current = getattr(res_block, "se", None)
+        if current is not None:
+            raise ValueError(f"{path}.se already holds {type(current).__name__}; inject into a model without attention")
+
+    device, dtype = model_device_dtype(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    input_size = tuple(input_size or cfg.get("input_size") or (3, 224, 224))
+    probe = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    keys_before = set(model.state_dict())
+    params_before = count_params(model)
+
+    with eval_mode(model), torch.no_grad():
+        flops_before, out_before = count_flops(model, probe)
+        sites = []
+        for path, res_block in selected:
+            channels = _out_channels(res_block)
+            attn = _build(block_cls, channels, init == "identity", {"device": device, "dtype": dtype}, block_kwargs)
+            attn.eval()  # the context manager restores the model's flags; new modules start like their parents
+            if isinstance(res_block, _TV_BLOCKS):
+                with_attention_slot(res_block)
+            res_block.se = attn
+            sites.append(InjectionSite(path=f"{path}.se", channels=channels, params=count_params(attn)))
+        flops_after, out_after = count_flops(model, probe)
+
+    for path, _ in selected:  # match the parent's train/eval flag, which eval_mode has just restored
+        model.get_submodule(f"{path}.se").train(model.get_submodule(path).training)
+
+    max_diff = (out_after.float() - out_before.float()).abs().max().item()
+    report = InjectionReport(
+        block=block_name,
+        init=init,
+        sites=sites,
+        params_before=params_before,
+        flops_before=flops_before,
+        flops_after=flops_after,
+        input_size=input_size,
+        max_abs_diff=max_diff,
+        new_keys=sorted(set(model.state_dict()) - keys_before),
+    )
+    if init == "identity" and max_diff > _IDENTITY_RTOL * max(1.0, out_before.abs().max().item()):
+        for _, res_block in selected:  # leave the user's model as it was
+            res_block.se = None
+        raise RuntimeError(
+            f"init='identity' but the injected {block_name} blocks changed the outputs by up to {max_diff:.3g}; "
+            f"the block class does not honour identity_init"
+        )
+    warnings.warn(report.load_warning(), UserWarning, stacklevel=2)
+    return Injected(model, report)

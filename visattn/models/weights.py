@@ -1,0 +1,76 @@
+"""Load a checkpoint into a model that may carry injected attention blocks."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..blocks.registry import is_block
+
+__all__ = ["load_weights", "read_state_dict"]
+
+
+def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Read a state_dict from a ``.safetensors`` file, a torch file (``weights_only=True``) or a mapping.
+
+    Wrappers that training scripts add (``{'state_dict': ...}``, ``{'model': ...}``, DDP's ``module.`` prefix) are
+    removed.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary code
+    elif isinstance(source, Mapping):
+        state = source
+    else:
+        raise TypeError(f"source must be a path or a state_dict mapping, got {type(source).__name__}")
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor]) -> list[str]:
+    """Load weights strictly, except that keys of visattn attention blocks may be missing.
+
+    This is how a checkpoint of the original model goes into an injected one: every original key must match, and the
+    injected blocks keep their (identity) initialisation.
+
+    Args:
+        model: the model to load into.
+        source: a ``.safetensors`` / torch file path or a state_dict.
+
+    Returns:
+        The keys left at their initial values (the attention blocks' own).
+
+    Raises:
+        ValueError: if keys other than attention-block keys are missing, or the checkpoint has unexpected keys.
+
+    Example:
+        >>> model, report = visattn.inject(timm.create_model('resnet50'), 'cbam')
+        >>> visattn.load_weights(model, 'resnet50_trained.safetensors')
+    """
+    state = read_state_dict(source)
+    block_prefixes = tuple(f"{name}." for name, m in model.named_modules() if name and is_block(m))
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(block_prefixes)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint does not match {type(model).__name__}: {len(missing)} missing keys "
+            f"{missing[:5]}{'...' if len(missing) > 5 else ''}, {len(result.unexpected_keys)} unexpected keys "
+            f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
+        )
+    kept = [k for k in result.missing_keys if k.startswith(block_prefixes)]
+    if kept:
+        warnings.warn(f"{len(kept)} attention-block keys were not in the checkpoint and keep their initial values",
+                      UserWarning, stacklevel=2)
+    return kept

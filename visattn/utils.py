@@ -1,0 +1,50 @@
+"""Small helpers shared across visattn: module-state context managers and model measurements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["eval_mode", "count_params", "count_flops", "model_device_dtype"]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode, then restore each module's own train/eval flag, even on error.
+
+    ``model.train(was_training)`` would flatten a mixed state (e.g. BatchNorms frozen inside a training model), so
+    the flags are saved and restored one module at a time.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameter elements (shared parameters counted once)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """FLOPs of one forward pass as counted by ``torch.utils.flop_counter`` (convs, matmuls, attention), and its output.
+
+    Element-wise work (pooling, gating, normalisation) is not counted, as in most papers' FLOP tables.
+    """
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+    return counter.get_total_flops(), out
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's first parameter (CPU / float32 for a parameterless model)."""
+    for p in model.parameters():
+        return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
