@@ -1,0 +1,139 @@
+"""Contract tests run over every registered block (timm's attn_layer contract plus visattn's own)."""
+
+import io
+
+import pytest
+import timm
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import visattn
+from visattn.utils import count_params
+
+from .conftest import BLOCK_NAMES, randomize_parameters
+
+# Odd spatial sizes, 1x1, and channel counts that no reduction ratio divides.
+SHAPES = [(2, 24, 7, 5), (1, 13, 1, 1), (2, 37, 33, 31)]
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_shape_kept_and_finite(name, shape):
+    block = randomize_parameters(visattn.create_block(name, shape[1])).eval()
+    x = torch.randn(shape)
+    y = block(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_default_block_is_not_identity_after_training_moves_it(name):
+    # Guards against a block whose forward ignores its own parameters.
+    block = randomize_parameters(visattn.create_block(name, 16)).eval()
+    x = torch.randn(2, 16, 6, 5)
+    assert not torch.allclose(block(x), x)
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_gradients_reach_every_parameter(name):
+    block = randomize_parameters(visattn.create_block(name, 20)).train()
+    x = torch.randn(3, 20, 6, 7, requires_grad=True)
+    (block(x) * torch.randn(3, 20, 6, 7)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for pname, p in block.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{pname} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_identity_init_is_exact_and_can_learn(name):
+    block = visattn.create_block(name, 20, identity_init=True)
+    x = torch.randn(3, 20, 6, 7)
+    for mode in (block.train, block.eval):
+        mode()
+        assert torch.equal(block(x), x)
+    # Not a dead identity: some parameter must receive a gradient so training can move away from it.
+    block.train()
+    (block(x) * torch.randn_like(x)).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_device_and_dtype_kwargs_honoured(name):
+    block = visattn.create_block(name, 16, device="meta", dtype=torch.float64)
+    tensors = list(block.parameters()) + list(block.buffers())
+    assert tensors
+    for t in tensors:
+        assert t.device.type == "meta"
+        if t.is_floating_point():
+            assert t.dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward(name, dtype):
+    block = randomize_parameters(visattn.create_block(name, 16)).eval()
+    x = torch.randn(2, 16, 9, 7)
+    ref = block(x)
+    out = block.to(dtype)(x.to(dtype))
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_state_dict_round_trip(name):
+    src = randomize_parameters(visattn.create_block(name, 16), seed=1).eval()
+    buffer = io.BytesIO()
+    torch.save(src.state_dict(), buffer)
+    buffer.seek(0)
+    dst = visattn.create_block(name, 16).eval()
+    dst.load_state_dict(torch.load(buffer, weights_only=True))
+    x = torch.randn(2, 16, 5, 5)
+    assert torch.equal(dst(x), src(x))
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_unknown_kwarg_is_rejected_with_suggestion(name):
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) 'identity_int' \(did you mean 'identity_init'\?\)"):
+        visattn.create_block(name, 16, identity_int=True)
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_works_as_timm_attn_layer(name):
+    cls = visattn.get_block(name)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=5, block_args=dict(attn_layer=cls))
+    assert isinstance(model.layer3[1].se, cls)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_param_count_matches_formula_for_channel_blocks(name):
+    # Reference counts computed by hand from each paper's structure, at 64 channels.
+    expected = {
+        "se": 64 * 8 + 8 + 8 * 64 + 64,  # rd 64/16 -> rounded up to divisor 8; FC biases
+        "cam": 64 * 4 + 4 * 64,  # rd 4, no biases
+        "spatial": 2 * 7 * 7 + 2,  # 7x7 conv over [mean, max], BN affine
+        "cbam": 64 * 4 + 4 * 64 + 2 * 7 * 7 + 2,
+        "nonlocal": 3 * (64 * 8 + 8) + 8 * 64 + 64 + 2 * 64,  # theta/phi/g, W_z, BN
+    }
+    if name not in expected:
+        pytest.skip(f"no hand-computed count for user block {name!r}")
+    assert count_params(visattn.create_block(name, 64)) == expected[name]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(BLOCK_NAMES),
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 40),
+    height=st.integers(1, 12),
+    width=st.integers(1, 12),
+)
+def test_property_shape_and_finiteness(name, batch, channels, height, width):
+    block = randomize_parameters(visattn.create_block(name, channels)).eval()
+    x = torch.randn(batch, channels, height, width)
+    y = block(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from visattn import CBAM, ChannelAttention, SpatialAttention
+
+from .conftest import randomize_parameters
+
+
+def _pair(channels):
+    cbam = randomize_parameters(CBAM(channels)).eval()
+    return cbam, cbam.channel, cbam.spatial
+
+
+def test_channel_first_is_sam_after_cam():
+    cbam, cam, sam = _pair(16)
+    x = torch.randn(2, 16, 6, 5)
+    torch.testing.assert_close(cbam(x), sam(cam(x)))
+
+
+@pytest.mark.parametrize("order", ["spatial_first", "parallel"])
+def test_ablated_orders(order):
+    cbam, cam, sam = _pair(16)
+    cbam.order = order
+    x = torch.randn(2, 16, 6, 5)
+    expected = cam(sam(x)) if order == "spatial_first" else x * (cam(x) / x) * (sam(x) / x)
+    torch.testing.assert_close(cbam(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_order():
+    with pytest.raises(ValueError, match="order must be one of"):
+        CBAM(8, order="sideways")
+
+
+def test_channel_attention_equals_paper_equation():
+    cam = randomize_parameters(ChannelAttention(16, mlp_bias=True))
+    x = torch.randn(2, 16, 5, 4)
+
+    def mlp(v):
+        return cam.fc2(torch.relu(cam.fc1(v)))
+
+    weights = torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))  # Eq. 2, two separate MLP calls
+    torch.testing.assert_close(cam(x), x * weights[:, :, None, None])
+
+
+def test_spatial_attention_equals_paper_equation_without_norm():
+    sam = randomize_parameters(SpatialAttention(16, norm_layer=None))
+    x = torch.randn(2, 16, 5, 4)
+    desc = torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True).values], 1)
+    weights = torch.sigmoid(torch.nn.functional.conv2d(desc, sam.conv.weight, sam.conv.bias, padding=3))  # Eq. 3
+    torch.testing.assert_close(sam(x), x * weights)
+
+
+@pytest.mark.parametrize("k", [0, 4, -1, 2.0])
+def test_spatial_kernel_must_be_odd(k):
+    with pytest.raises(ValueError, match="kernel_size must be a positive odd int"):
+        SpatialAttention(8, kernel_size=k)

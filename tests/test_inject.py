@@ -1,0 +1,177 @@
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import visattn
+from visattn.models import find_residual_blocks
+
+from .conftest import BLOCK_NAMES, make_trained_like
+
+pytestmark = pytest.mark.filterwarnings("ignore:visattn.inject added:UserWarning")
+
+MODELS = {
+    "timm_resnet18": lambda: timm.create_model("resnet18", num_classes=10),
+    "timm_resnet50": lambda: timm.create_model("resnet50", num_classes=10),
+    "tv_resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+}
+
+
+def _trained(name):
+    return make_trained_like(MODELS[name]()).eval()
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("block", BLOCK_NAMES)
+def test_identity_injection_keeps_outputs(model_name, block):
+    model = _trained(model_name)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    model, report = visattn.inject(model, block, input_size=(3, 64, 64))
+    with torch.no_grad():
+        after = model(x)
+    assert (after - before).abs().max().item() <= 1e-5
+    assert report.max_abs_diff <= 1e-5
+    assert len(report.sites) == sum(len(s) for s in find_residual_blocks(model).values())
+
+
+def test_identity_check_is_not_vacuous():
+    # The same model with default (random) init must change its outputs: the blocks are really in the path.
+    model = _trained("timm_resnet18")
+    _, report = visattn.inject(model, "cbam", init="default", input_size=(3, 64, 64))
+    assert report.max_abs_diff > 1e-3
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_original_state_dict_loads_with_only_new_keys_missing(model_name):
+    original = _trained(model_name)
+    original_state = {k: v.clone() for k, v in original.state_dict().items()}
+    model, report = visattn.inject(MODELS[model_name](), "cbam", input_size=(3, 64, 64))
+    result = model.load_state_dict(original_state, strict=False)
+    assert result.unexpected_keys == []
+    # BatchNorm fills a missing num_batches_tracked itself and does not report it.
+    assert sorted(result.missing_keys) == [k for k in report.new_keys if not k.endswith("num_batches_tracked")]
+    assert all(".se." in k for k in report.new_keys)
+    # ... and then computes exactly what the original computes.
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), original(x), rtol=0, atol=1e-5)
+
+
+def test_parameter_names_kept():
+    model = torchvision.models.resnet50()
+    names_before = {n for n, _ in model.named_parameters()}
+    visattn.inject(model, "se", input_size=(3, 64, 64))
+    names_after = {n for n, _ in model.named_parameters()}
+    assert names_before <= names_after
+    assert all(".se." in n for n in names_after - names_before)
+
+
+def test_report_is_loud_and_counts_overhead():
+    model = timm.create_model("resnet18")
+    with pytest.warns(UserWarning, match=r"lacks \d+ keys.*visattn.load_weights"):
+        _, report = visattn.inject(model, "se", stages=[4], input_size=(3, 64, 64))
+    assert [s.path for s in report.sites] == ["layer4.0.se", "layer4.1.se"]
+    assert report.params_added == sum(p.numel() for p in model.layer4.parameters()) - sum(
+        p.numel() for p in timm.create_model("resnet18").layer4.parameters())
+    assert report.flops_added > 0
+    text = str(report)
+    assert "layer4.1.se" in text and "params:" in text and "FLOPs at 3x64x64" in text
+
+
+@pytest.mark.parametrize(("stages", "blocks", "expected"), [
+    ([3, 4], "last", ["layer3.1.se", "layer4.1.se"]),
+    (None, [0], ["layer1.0.se", "layer2.0.se", "layer3.0.se", "layer4.0.se"]),
+    ([2], [-1, 0], ["layer2.0.se", "layer2.1.se"]),
+])
+def test_stage_and_block_selection(stages, blocks, expected):
+    model, report = visattn.inject(timm.create_model("resnet18"), "spatial", stages=stages, blocks=blocks,
+                                   input_size=(3, 32, 32))
+    assert [s.path for s in report.sites] == expected
+    assert model.layer1[1].se is None
+
+
+def test_block_kwargs_and_classes_accepted():
+    model, report = visattn.inject(timm.create_model("resnet18"), visattn.PixelSelfAttention, stages=[4],
+                                   pairwise="dot", num_heads=2, input_size=(3, 32, 32))
+    assert model.layer4[0].se.pairwise == "dot" and model.layer4[0].se.num_heads == 2
+    assert report.block == "PixelSelfAttention"
+
+
+def test_new_blocks_follow_model_device_dtype_and_mode():
+    model = timm.create_model("resnet18").to(torch.float64).train()
+    model.layer2.eval()  # a mixed state must survive the probe
+    visattn.inject(model, "cbam", input_size=(3, 32, 32))
+    assert model.layer1[0].se.channel.fc1.weight.dtype == torch.float64
+    assert model.training and model.layer1[0].se.training
+    assert not model.layer2.training and not model.layer2[0].se.training
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    (dict(stages=[5]), ValueError, r"lacks.*valid: \[1, 2, 3, 4\]"),
+    (dict(stages=4), TypeError, "sequence of ints"),
+    (dict(blocks="first"), ValueError, "'all', 'last' or a list"),
+    (dict(blocks=[2]), ValueError, "out of range for layer1, which has 2 blocks"),
+    (dict(init="zeros"), ValueError, "init must be 'identity' or 'default'"),
+])
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        visattn.inject(timm.create_model("resnet18"), "se", **kwargs)
+
+
+def test_unsupported_model_names_what_was_found():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    with pytest.raises(ValueError, match=r"no such blocks.*0 \(Conv2d\), 1 \(ReLU\)"):
+        visattn.inject(model, "se")
+
+
+def test_vit_is_rejected():
+    with pytest.raises(ValueError, match="VisionTransformer has no such blocks"):
+        visattn.inject(timm.create_model("vit_tiny_patch16_224"), "se")
+
+
+def test_occupied_slot_is_refused():
+    with pytest.raises(ValueError, match=r"layer1.0.se already holds SEModule"):
+        visattn.inject(timm.create_model("seresnet18"), "cbam")
+
+
+def test_identity_needs_identity_init_argument():
+    class NoIdentity(nn.Module):
+        def __init__(self, channels, device=None, dtype=None):
+            super().__init__()
+
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="takes no identity_init argument"):
+        visattn.inject(timm.create_model("resnet18"), NoIdentity)
+    model, _ = visattn.inject(timm.create_model("resnet18"), NoIdentity, init="default", input_size=(3, 32, 32))
+    assert isinstance(model.layer1[0].se, NoIdentity)
+
+
+def test_block_that_ignores_identity_init_is_caught_and_undone():
+    class Liar(nn.Module):
+        def __init__(self, channels, identity_init=False, device=None, dtype=None):
+            super().__init__()
+
+        def forward(self, x):
+            return 2 * x
+
+    model = _trained("timm_resnet18")
+    with pytest.raises(RuntimeError, match="does not honour identity_init"):
+        visattn.inject(model, Liar, input_size=(3, 32, 32))
+    assert all(b.se is None for blocks in find_residual_blocks(model).values() for _, b in blocks)
+
+
+def test_injected_model_trains():
+    model, _ = visattn.inject(timm.create_model("resnet18", num_classes=4), "cbam", input_size=(3, 32, 32))
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))
+    for _ in range(2):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert model.layer1[0].se.channel.gate.blend.item() != 0.0

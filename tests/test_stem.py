@@ -1,0 +1,34 @@
+import pytest
+import timm
+import torch
+import torchvision
+
+from visattn import use_small_input_stem
+
+
+@pytest.mark.parametrize("factory", [lambda: timm.create_model("resnet18", num_classes=10),
+                                     lambda: torchvision.models.resnet18(num_classes=10)], ids=["timm", "torchvision"])
+def test_small_stem_keeps_resolution(factory):
+    model = use_small_input_stem(factory())
+    assert model.conv1.stride == (1, 1) and model.conv1.kernel_size == (3, 3)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    x = torch.randn(2, 3, 32, 32)
+    layer1_out = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x))))) if hasattr(model, "relu") else \
+        model.layer1(model.maxpool(model.act1(model.bn1(model.conv1(x)))))
+    assert layer1_out.shape[-2:] == (32, 32)
+    assert model(x).shape == (2, 10)
+
+
+def test_timm_feature_info_updated():
+    model = use_small_input_stem(timm.create_model("resnet50"))
+    assert [f["reduction"] for f in model.feature_info] == [1, 1, 2, 4, 8]
+
+
+def test_deep_stem_rejected():
+    with pytest.raises(ValueError, match="single-conv stem"):
+        use_small_input_stem(timm.create_model("resnet18d"))
+
+
+def test_even_kernel_rejected():
+    with pytest.raises(ValueError, match="kernel_size"):
+        use_small_input_stem(timm.create_model("resnet18"), kernel_size=4)

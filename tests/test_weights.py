@@ -1,0 +1,55 @@
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import visattn
+from visattn.models import read_state_dict
+
+from .conftest import make_trained_like
+
+pytestmark = pytest.mark.filterwarnings("ignore:visattn.inject added:UserWarning")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt", "wrapped_pt"])
+def test_original_checkpoint_into_injected_model(tmp_path, fmt):
+    original = make_trained_like(timm.create_model("resnet18", num_classes=3)).eval()
+    state = original.state_dict()
+    path = tmp_path / f"ckpt.{'safetensors' if fmt == 'safetensors' else 'pt'}"
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    elif fmt == "pt":
+        torch.save(state, path)
+    else:  # DDP-trained checkpoints: {'state_dict': {'module.conv1.weight': ...}}
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+
+    model, report = visattn.inject(timm.create_model("resnet18", num_classes=3), "cbam", input_size=(3, 32, 32))
+    with pytest.warns(UserWarning, match="attention-block keys were not in the checkpoint"):
+        kept = visattn.load_weights(model, path)
+    assert sorted(kept) == [k for k in report.new_keys if not k.endswith("num_batches_tracked")]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), original(x), rtol=0, atol=1e-5)
+
+
+def test_mismatched_checkpoint_is_refused():
+    model = timm.create_model("resnet18", num_classes=3)
+    state = timm.create_model("resnet18", num_classes=3).state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    del state["conv1.weight"]
+    with pytest.raises(ValueError, match=r"1 missing keys \['conv1.weight'\], 1 unexpected keys \['extra.weight'\]"):
+        visattn.load_weights(model, state)
+
+
+def test_missing_file_and_bad_source():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_state_dict("/nonexistent/weights.safetensors")
+    with pytest.raises(TypeError, match="path or a state_dict"):
+        read_state_dict(42)
+
+
+def test_pickled_code_is_not_executed(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": object()}, path)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        read_state_dict(path)
