@@ -40,7 +40,8 @@ def _cmd_blocks(args: argparse.Namespace) -> int:
 def _cmd_bench_blocks(args: argparse.Namespace) -> int:
     from .bench.blocks import run_block_benchmark
 
-    run_block_benchmark(device=args.device, quick=args.quick, markdown=args.markdown)
+    only = [name.strip() for name in args.only.split(",")] if args.only else None
+    run_block_benchmark(device=args.device, quick=args.quick, markdown=args.markdown, only=only)
     return 0
 
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_blocks.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
     bench_blocks.add_argument("--quick", action="store_true", help="fewer repeats and smaller shapes (smoke test)")
     bench_blocks.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    bench_blocks.add_argument("--only", default="", help="comma-separated rows, e.g. 'cam,resnet18+cbam'")
     bench_blocks.set_defaults(func=_cmd_bench_blocks)
     return parser
 

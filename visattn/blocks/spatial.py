@@ -66,7 +66,8 @@ class SpatialAttention(nn.Module):
 
     def spatial_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial gate, shape ``(B, 1, H, W)``."""
-        descriptors = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)
+        # max() rather than amax(): its backward is a scatter instead of a tie-splitting mask over all of x.
+        descriptors = torch.cat((x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True).values), dim=1)
         return self.gate(self.norm(self.conv(descriptors)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,29 @@
+import pytest
+
+from visattn.bench.blocks import cases, run_block_benchmark, sdpa_backend
+
+
+def test_sdpa_backend_is_fused_on_cpu():
+    assert "flash" in sdpa_backend("cpu")
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_and_reports_every_row():
+    lines = []
+    rows = run_block_benchmark(quick=True, markdown=True, only=["se", "nonlocal"], printer=lines.append)
+    assert [r["block"] for r in rows] == ["se", "nonlocal"]
+    assert all(r["ours_ms"] > 0 and r["ref_ms"] > 0 and r["ours_mb"] >= 0 for r in rows)
+    assert lines[1].startswith("| block |") and "timm NonLocalAttn" in lines[-1]
+
+
+def test_every_registered_builtin_has_a_row():
+    names = {c.name for c in cases()}
+    assert {"se", "cam", "spatial", "cbam", "nonlocal", "resnet18+cbam"} == names
+
+
+def test_cuda_request_without_cuda_is_clear(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        run_block_benchmark(device="cuda")
