@@ -66,8 +66,11 @@ class SpatialAttention(nn.Module):
 
     def spatial_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial gate, shape ``(B, 1, H, W)``."""
-        # max() rather than amax(): its backward is a scatter instead of a tie-splitting mask over all of x.
-        descriptors = torch.cat((x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True).values), dim=1)
+        # Cheaper backward passes than mean()/amax() (see ChannelAttention.channel_weights). The 2-channel map is
+        # tiny, and oneDNN's conv backward is ~4x faster on it in channels_last than in NCHW (measured on CPU).
+        average = x.sum(dim=1, keepdim=True) * (1.0 / x.shape[1])
+        descriptors = torch.cat((average, x.max(dim=1, keepdim=True).values), dim=1)
+        descriptors = descriptors.contiguous(memory_format=torch.channels_last)
         return self.gate(self.norm(self.conv(descriptors)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,9 @@ class SqueezeExcite(nn.Module):
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel gate, shape ``(B, C)``."""
-        return self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
+        # sum() * (1/N) rather than mean(): its backward is an expanded view, not a division over all of x.
+        squeezed = x.sum((2, 3)) * (1.0 / (x.shape[2] * x.shape[3]))
+        return self.gate(self.fc2(self.act(self.fc1(squeezed))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.channel_weights(x)[:, :, None, None]
