@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .pooling import mean_max, scale_channels
 from .components import Gate, LayerSpec, check_channels, reduced_channels, reject_unknown, resolve_act
 from .registry import register_block
 
@@ -72,14 +73,12 @@ class ChannelAttention(nn.Module):
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel gate, shape ``(B, C)``."""
-        # Cheaper backward passes than the obvious mean()/amax() (measured on CPU, see README benchmarks):
-        # sum() * (1/N) back-propagates an expanded view where mean() materialises a division over all of x, and
-        # max() with indices scatters where amax() builds a tie-splitting mask. flatten(2) is only a view for
-        # contiguous NCHW, so other layouts keep amax().
-        average = x.sum((2, 3)) * (1.0 / (x.shape[2] * x.shape[3]))
-        peak = x.flatten(2).max(-1).values if x.is_contiguous() else x.amax((2, 3))
+        if x.is_contiguous():
+            average, peak = (t.squeeze(-1) for t in mean_max(x.flatten(2), 2))  # one fused backward pass
+        else:  # flatten(2) would copy a channels_last map
+            average, peak = x.mean((2, 3)), x.amax((2, 3))
         pooled = torch.stack((average, peak), dim=1)  # (B, 2, C)
         return self.gate(self.fc2(self.act(self.fc1(pooled))).sum(dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.channel_weights(x)[:, :, None, None]
+        return scale_channels(x, self.channel_weights(x))

@@ -1,0 +1,73 @@
+"""Fused pooling and scaling ops for the gated blocks, with backward passes that touch the big tensor less.
+
+On CPU these blocks are memory-bound: each full pass over the feature map costs about as much as the block's maths.
+autograd's generic formulas make several: ``mean()`` materialises a division, ``amax()`` a tie-splitting mask, ``max()``
+a zero-filled tensor to scatter into, and every extra consumer of ``x`` adds one more accumulation pass. The two ops
+here each write one gradient tensor for ``x``. Both are plain PyTorch, work on any device, and are differentiable
+once (``once_differentiable``), which is all training needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["mean_max", "scale_channels"]
+
+
+class _MeanMax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[dim]
+        mean = x.sum(dim, keepdim=True) * (1.0 / n)
+        peak, index = x.max(dim, keepdim=True)
+        ctx.save_for_backward(index)
+        ctx.dim, ctx.shape, ctx.n = dim, x.shape, n
+        ctx.mark_non_differentiable(index)
+        return mean, peak
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_mean: torch.Tensor | None, grad_peak: torch.Tensor | None) -> tuple[Any, None]:
+        (index,) = ctx.saved_tensors
+        if grad_mean is None:
+            grad = index.new_zeros(ctx.shape, dtype=grad_peak.dtype)
+        else:
+            grad = (grad_mean * (1.0 / ctx.n)).expand(ctx.shape).contiguous()
+        if grad_peak is not None:
+            grad.scatter_add_(ctx.dim, index, grad_peak)
+        return grad, None
+
+
+def mean_max(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and max of ``x`` over ``dim`` (kept as size 1); the max gradient goes to one arg-max per slice."""
+    return _MeanMax.apply(x, dim)
+
+
+class _ScaleChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weights)
+        return x * weights[:, :, None, None]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, weights = ctx.saved_tensors
+        grad_x = grad * weights[:, :, None, None] if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            b, c = weights.shape
+            if grad.is_contiguous() and x.is_contiguous():
+                # One dot product per (b, c) as a batched matmul: reads grad and x once, writes nothing big.
+                grad_w = (grad.view(b * c, 1, -1) @ x.view(b * c, -1, 1)).view(b, c)
+            else:
+                grad_w = (grad * x).sum((2, 3))
+        return grad_x, grad_w
+
+
+def scale_channels(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``x * weights[:, :, None, None]`` for ``x`` of shape (B, C, H, W) and ``weights`` (B, C)."""
+    return _ScaleChannels.apply(x, weights)
