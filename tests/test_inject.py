@@ -115,6 +115,7 @@ def test_new_blocks_follow_model_device_dtype_and_mode():
     (dict(blocks="first"), ValueError, "'all', 'last' or a list"),
     (dict(blocks=[2]), ValueError, "out of range for layer1, which has 2 blocks"),
     (dict(init="zeros"), ValueError, "init must be 'identity' or 'default'"),
+    (dict(input_size=(32, 32)), ValueError, "input_size must be"),
 ])
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -1,4 +1,4 @@
-"""``visattn`` command line: ``visattn blocks`` lists the registry, ``visattn bench blocks`` runs the block benchmark."""
+"""``visattn`` command line: ``visattn blocks`` lists the registry; ``visattn bench blocks`` benchmarks them."""
 
 from __future__ import annotations
 

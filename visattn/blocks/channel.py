@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .pooling import mean_max, scale_channels
 from .components import Gate, LayerSpec, check_channels, reduced_channels, reject_unknown, resolve_act
+from .pooling import mean_max, scale_channels
 from .registry import register_block
 
 __all__ = ["ChannelAttention"]

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["register_block", "list_blocks", "get_block", "create_block", "is_block"]
+__all__ = ["register_block", "list_blocks", "get_block", "canonical_name", "create_block", "is_block"]
 
 BlockT = TypeVar("BlockT", bound=type[nn.Module])
 
@@ -27,7 +27,8 @@ def register_block(name: str, *, aliases: Sequence[str] = ()) -> Callable[[Block
 
     The class must follow timm's ``attn_layer`` contract: ``Block(channels, **kwargs)`` returning a module that maps
     ``(B, C, H, W) -> (B, C, H, W)``. To support ``inject(..., init='identity')`` it should also accept
-    ``identity_init: bool``. Registering also adds timm models ``resnet18_<name>``, ``resnet34_<name>``, ``resnet50_<name>``.
+    ``identity_init: bool``. Registering also adds the timm models ``resnet18_<name>``, ``resnet34_<name>`` and
+    ``resnet50_<name>``.
 
     Args:
         name: lower-case identifier, e.g. ``'my_gate'``.
@@ -50,7 +51,8 @@ def register_block(name: str, *, aliases: Sequence[str] = ()) -> Callable[[Block
             raise TypeError(f"register_block({name!r}) expects an nn.Module subclass, got {cls!r}")
         if name in _BLOCKS or name in _ALIASES:
             # Overwrite like timm's register_model does, so re-running a notebook cell works, but say so.
-            warnings.warn(f"visattn block {name!r} is already registered; overwriting it with {cls.__name__}", stacklevel=2)
+            warnings.warn(f"visattn block {name!r} is already registered; overwriting it with {cls.__name__}",
+                          stacklevel=2)
             _ALIASES.pop(name, None)
         _BLOCKS[name] = cls
         for alias in aliases:

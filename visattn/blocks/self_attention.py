@@ -17,7 +17,8 @@ identity at initialisation (paper Sec. 4.1). The four pairwise functions of Sec.
 
 None of them materialises the N x N matrix. ``dot`` uses associativity. ``concat`` uses that
 ``w_f . [theta_i, phi_j] = a_i + b_j`` splits into a query score and a key score, so
-``sum_j ReLU(a_i + b_j) g_j = a_i * S_g + S_bg`` over the keys with ``b_j > -a_i``: a suffix of the keys sorted by ``b``.
+``sum_j ReLU(a_i + b_j) g_j = a_i * S_g + S_bg``, with S summed over the keys with ``b_j > -a_i``: a suffix of the
+keys sorted by ``b``.
 
 Differences from the paper, and from timm's ``NonLocalAttn``:
 - The softmax variants scale logits by ``head_dim ** -0.5`` (Transformer-style; the paper has no scale, timm uses

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .pooling import mean_max
 from .components import Gate, LayerSpec, check_channels, reject_unknown, resolve_norm
+from .pooling import mean_max
 from .registry import register_block
 
 __all__ = ["SpatialAttention"]

@@ -168,6 +168,8 @@ def inject(
     device, dtype = model_device_dtype(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     input_size = tuple(input_size or cfg.get("input_size") or (3, 224, 224))
+    if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
+        raise ValueError(f"input_size must be (channels, height, width) of positive ints, got {input_size!r}")
     probe = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     keys_before = set(model.state_dict())
     params_before = count_params(model)
