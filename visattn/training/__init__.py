@@ -1,0 +1,1 @@
+"""Config-driven training: config, data, loop, checkpoints."""

@@ -1,0 +1,582 @@
+"""Typed config loading for any nested-dataclass schema: defaults, then YAML (with ``extends``), then overrides.
+
+The schema is plain dataclasses; this module knows nothing about training. Precedence follows nanoGPT's configurator
+and timm's train.py: the schema's defaults, then the YAML file (after the files it ``extends``), then ``key=value``
+overrides. Everything is validated before anything runs: unknown keys get the closest valid key suggested, wrong
+types name the dotted key, the bad value and what is valid.
+
+Merging: YAML layers and overrides deep-merge as mappings; the result fills dataclass sections over their defaults,
+while any other value (lists, tuples, ``dict``-typed fields) replaces the default whole, which keeps
+``save_config`` -> ``load_config`` an exact round trip.
+
+YAML is read with ``yaml.SafeLoader`` plus two fixes: ``1e-3`` is a float (PyYAML follows YAML 1.1 and would give the
+string ``'1e-3'``, https://github.com/yaml/pyyaml/issues/173) and a key repeated in one mapping is an error instead of
+silently keeping the last one. The dumper shares the float rule, so a string ``'1e-3'`` is written quoted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import os
+import re
+import reprlib
+import tempfile
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "parse_overrides",
+    "format_override",
+    "config_from_dict",
+    "config_to_dict",
+    "save_config",
+    "closest_key",
+]
+
+T = TypeVar("T")
+
+_MISSING = dataclasses.MISSING
+_NONE_TYPE = type(None)
+_SCALARS = (bool, int, float, str)
+_SUPPORTED = "bool, int, float, str, None, Any, Literal[...], list[X], tuple[X, ...], tuple[X, Y], dict[K, V], " \
+             "nested dataclasses and unions of these"
+
+
+class ConfigError(ValueError):
+    """Bad config: the message names the dotted key, the bad value and what is valid."""
+
+
+class _TypeMismatch(ConfigError):
+    """The value's own type does not fit (as opposed to an error deeper inside it); a union tries its next arm."""
+
+
+# --- YAML dialect -------------------------------------------------------------------------------------------------
+
+# YAML 1.2 floats without a dot ('1e-3', '2E+5') or with an unsigned exponent ('1.0e3'); PyYAML reads them as str.
+_FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_FLOAT_FIRST = list("-+0123456789.")
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                            f"found duplicate key {key_node.value!r}",
+                                                            key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # a config file is read by people: no &id001 anchors
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        # PyYAML (allow_unicode) writes NEL (U+0085) raw in a single-quoted scalar and reads it back as a line
+        # break; a double-quoted scalar escapes it as \N.
+        return self.represent_scalar("tag:yaml.org,2002:str", data, style='"' if "\x85" in data else None)
+
+
+_Dumper.add_representer(str, _Dumper.represent_str)
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, _FLOAT_FIRST)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+
+
+# --- public API ---------------------------------------------------------------------------------------------------
+
+
+def load_config(schema: type[T], path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a validated config: defaults of ``schema``, then the YAML file (and the files it extends), then overrides.
+
+    A top-level ``_meta`` key in the file (written by ``save_config``) is ignored. A top-level ``extends`` key (a path
+    or a list of paths, relative to the file naming them) loads those files first; the file deep-merges over them.
+
+    Args:
+        schema: dataclass type whose fields (nested dataclasses allowed) define the valid keys and types.
+        path: YAML file; ``None`` means defaults and overrides only.
+        overrides: ``'dotted.key=value'`` strings, values parsed as YAML, applied after the file in order.
+
+    Returns:
+        An instance of ``schema``.
+
+    Raises:
+        ConfigError: missing/unreadable file, bad YAML, ``extends`` cycle, malformed override, unknown key, wrong
+            type, missing required key, or a ``__post_init__`` that raised ``ValueError``.
+        TypeError: if ``schema`` is not a dataclass or uses an unsupported field type.
+
+    Example:
+        >>> cfg = load_config(TrainConfig, 'configs/cifar10.yaml', ['optim.lr=0.05', 'model.inject.stages=[3,4]'])
+    """
+    _schema_fields(schema)  # schema mistakes surface before any file is read
+    data: dict[str, Any] = {} if path is None else _load_file(Path(path), chain=())
+    data.pop("_meta", None)
+    if overrides:
+        data = _deep_merge(data, parse_overrides(overrides))
+    return config_from_dict(schema, data)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``['optim.lr=0.1', 'model.inject.stages=[3,4]']`` into a nested dict; later items win.
+
+    Values are parsed as YAML: ``0.1`` is a float, ``true`` a bool, ``[3,4]`` a list, ``null`` None, ``abc`` a str
+    (quote it, ``"'true'"``, to force a string). An empty value is ``None``, as in YAML.
+
+    Args:
+        overrides: ``'dotted.key=value'`` strings.
+
+    Returns:
+        Nested dict, e.g. ``{'optim': {'lr': 0.1}, 'model': {'inject': {'stages': [3, 4]}}}``.
+
+    Raises:
+        ConfigError: an item without ``=``, an empty key segment, or a value that is not valid YAML.
+        TypeError: if ``overrides`` is a single string or holds non-strings.
+    """
+    if isinstance(overrides, (str, bytes)):
+        raise TypeError(f"overrides must be a list of 'key=value' strings, got a single string {overrides!r}; "
+                        "wrap it in a list")
+    result: dict[str, Any] = {}
+    for item in overrides:
+        if not isinstance(item, str):
+            raise TypeError(f"each override must be a 'key=value' string, got {_got(item)}")
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"override {item!r} has no '='; write it as '{key or 'optim.lr'}=<value>', "
+                              "e.g. 'optim.lr=0.1' or 'model.inject.stages=[3,4]'")
+        parts = key.split(".")
+        if not all(p and p == p.strip() for p in parts):
+            raise ConfigError(f"override {item!r} has a malformed key {key!r}; use dotted field names like 'optim.lr'")
+        try:
+            value = _yaml_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML: {exc}") from None
+        for part in reversed(parts):
+            value = {part: value}
+        result = _deep_merge(result, value)
+    return result
+
+
+def format_override(key: str, value: Any) -> str:
+    """The ``'key=value'`` string that ``parse_overrides`` reads back as ``{key: value}`` (for sweeps and logs).
+
+    Args:
+        key: dotted key, e.g. ``'optim.lr'``.
+        value: bool, int, float, str, None, or lists/tuples/mappings of these.
+
+    Returns:
+        e.g. ``'optim.lr=0.1'``, ``"model.name='1e-3'"``, ``'model.inject.stages=[3, 4]'``.
+
+    Raises:
+        TypeError: if ``value`` cannot be written as YAML.
+    """
+    text = yaml.dump(_to_plain(value, key), Dumper=_Dumper, default_flow_style=True, width=float("inf"),
+                     allow_unicode=True)
+    # A plain top-level scalar is followed by an explicit document end ('0.1\n...\n'); drop it and the newline.
+    text = text.removesuffix("...\n").removesuffix("\n")
+    return f"{key}={text}"
+
+
+def config_from_dict(schema: type[T], data: Mapping[str, Any]) -> T:
+    """Validate ``data`` against ``schema`` and build it; keys not in ``data`` keep the schema's defaults.
+
+    Args:
+        schema: dataclass type.
+        data: nested mapping, e.g. from YAML.
+
+    Returns:
+        An instance of ``schema``.
+
+    Raises:
+        ConfigError: unknown key, wrong type, missing required key, or ``__post_init__`` raised ``ValueError``.
+        TypeError: if ``schema`` is not a dataclass or uses an unsupported field type.
+    """
+    _schema_fields(schema)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config must be a mapping of keys to values at the top level, got {_got(data)}")
+    return _build(schema, data, "", base=None)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain, YAML-safe dicts and lists of a config (tuples become lists; ``init=False`` fields are left out).
+
+    Args:
+        config: dataclass instance.
+
+    Returns:
+        Nested dict of bool/int/float/str/None, lists and dicts.
+
+    Raises:
+        TypeError: if ``config`` is not a dataclass instance or holds a value YAML cannot represent.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"config_to_dict expects a dataclass instance, got {type(config).__name__}")
+    return _to_plain(config, "")
+
+
+def save_config(config: Any, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None) -> None:
+    """Write ``config`` as YAML atomically (temp file in the same folder, then ``os.replace``).
+
+    ``load_config`` reads the file back to an equal config; ``extra`` goes under a top-level ``_meta`` key, which
+    ``load_config`` ignores. Missing parent folders are created; an existing file keeps its permissions.
+
+    Args:
+        config: dataclass instance.
+        path: destination, e.g. ``run_dir / 'config.yaml'``.
+        extra: provenance such as ``{'visattn_version': ..., 'git_hash': ...}``.
+
+    Raises:
+        TypeError: if ``config`` or ``extra`` holds a value YAML cannot represent (nothing is written).
+        OSError: if the file cannot be written (an existing file is left as it was).
+
+    Example:
+        >>> save_config(cfg, run_dir / 'config.yaml', extra={'visattn_version': visattn.__version__})
+    """
+    data = config_to_dict(config)
+    if extra is not None:
+        if not isinstance(extra, Mapping):
+            raise TypeError(f"extra must be a mapping, got {type(extra).__name__}")
+        data = {"_meta": _to_plain(extra, "_meta"), **data}
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would leave 0o600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # data on disk before the rename, so a crash cannot leave an empty config
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def closest_key(key: str, valid: Iterable[str]) -> str | None:
+    """The valid name most like ``key`` (for "did you mean" hints), or ``None`` when nothing is close.
+
+    Tries, in order: a case/dash-insensitive match, a valid name that is a whole ``_``-separated prefix of ``key`` or
+    the reverse (``'lr_rate'`` -> ``'lr'``, ``'min_lr'`` -> ``'min_lr_ratio'``), then ``difflib``'s closest match.
+
+    Args:
+        key: the unknown name.
+        valid: candidate names.
+
+    Returns:
+        One of ``valid``, or ``None``.
+    """
+    candidates = [v for v in valid if isinstance(v, str)]
+    norm = key.lower().replace("-", "_")
+    by_norm = {v.lower().replace("-", "_"): v for v in candidates}
+    if norm in by_norm:
+        return by_norm[norm]
+    # A known name plus or minus whole '_' words is a stronger signal than overall similarity: 'lr_rate' means 'lr',
+    # though difflib scores 'min_lr_ratio' higher.
+    prefixed = [v for n, v in by_norm.items() if norm.startswith(n + "_") or n.startswith(norm + "_")]
+    if prefixed:
+        return max(prefixed, key=len)
+    close = difflib.get_close_matches(norm, list(by_norm), n=1, cutoff=0.6)
+    return by_norm[close[0]] if close else None
+
+
+# --- files --------------------------------------------------------------------------------------------------------
+
+
+def _load_file(path: Path, chain: tuple[Path, ...], parent: Path | None = None) -> dict[str, Any]:
+    resolved = path.expanduser().resolve()
+    if resolved in chain:
+        raise ConfigError("config 'extends' cycle: " + " -> ".join(str(p) for p in (*chain, resolved)))
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        named_in = f" (named in 'extends' of {parent})" if parent is not None else ""
+        raise ConfigError(f"config file not found: {resolved}{named_in}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {resolved}: {exc}") from exc
+    try:
+        data = _yaml_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in config file {resolved}: {exc}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {resolved} must hold a mapping of config keys at the top level, "
+                          f"got {_got(data)}")
+    extends = data.pop("extends", None)
+    if extends is None:
+        return data
+    bases = [extends] if isinstance(extends, str) else extends
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"'extends' in {resolved} must be a path or a list of paths, got {_got(extends)}")
+    merged: dict[str, Any] = {}
+    for base in bases:  # later bases win over earlier ones, the file itself over all of them
+        merged = _deep_merge(merged, _load_file(resolved.parent / Path(base).expanduser(), (*chain, resolved),
+                                                parent=resolved))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+# --- schema and validation ----------------------------------------------------------------------------------------
+
+_FIELDS: dict[type, tuple[tuple[dataclasses.Field[Any], Any], ...]] = {}
+
+
+def _schema_fields(cls: type) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
+    """``(field, resolved type)`` for the init fields of ``cls``; checks every type once, nested classes included."""
+    if cls in _FIELDS:
+        return _FIELDS[cls]
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"config schema must be a dataclass type, got {cls!r}")
+    try:
+        hints = get_type_hints(cls)
+    except Exception as exc:  # NameError etc. from evaluating string annotations
+        raise TypeError(f"cannot resolve the type hints of config schema {cls.__qualname__}: {exc!r}; "
+                        "schema classes must be importable from their module") from exc
+    fields = tuple((f, hints[f.name]) for f in dataclasses.fields(cls) if f.init)
+    _FIELDS[cls] = fields  # before recursing, so a self-referencing schema terminates
+    try:
+        for f, tp in fields:
+            _check_type(tp, f"{cls.__qualname__}.{f.name}")
+    except TypeError:
+        del _FIELDS[cls]
+        raise
+    return fields
+
+
+def _check_type(tp: Any, where: str) -> None:
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any or tp in (_NONE_TYPE, *_SCALARS, list, tuple, dict) or origin is Literal:
+        return
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        _schema_fields(tp)
+        return
+    if origin in (Union, types.UnionType, list, tuple, dict):
+        for arg in args:
+            if arg is not Ellipsis:
+                _check_type(arg, where)
+        return
+    raise TypeError(f"config schema field {where} has unsupported type {tp!r}; supported: {_SUPPORTED}")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], path: str, base: Any) -> T:
+    fields = _schema_fields(cls)
+    names = [f.name for f, _ in fields]
+    for k in data:
+        if k not in names:
+            hint = closest_key(str(k), names)
+            where = f"in {path!r}" if path else "at the top level"
+            did_you_mean = f"; did you mean {_join(path, hint)!r}?" if hint else ";"
+            raise ConfigError(f"unknown config key {_join(path, k)!r}{did_you_mean} valid keys {where}: "
+                              + ", ".join(names))
+    kwargs: dict[str, Any] = {}
+    missing: list[str] = []
+    for f, tp in fields:
+        key = _join(path, f.name)
+        fallback = getattr(base, f.name) if base is not None else _default(f)
+        if f.name in data:  # a dataclass section given as a mapping fills in over `fallback`
+            kwargs[f.name] = _convert_child(data[f.name], tp, key, base=fallback)
+        elif fallback is _MISSING:
+            missing.append(key)
+        else:  # defaults go through the same checks, e.g. `lr: float = 1` becomes 1.0
+            kwargs[f.name] = _convert_child(fallback, tp, key, base=None)
+    if missing:
+        raise ConfigError(f"missing required config key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(repr(m) for m in missing)} ({cls.__name__} has no default for it)")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # __post_init__ checks that span several fields
+        section = f"config section {path!r}" if path else "config"
+        raise ConfigError(f"invalid {section} ({cls.__name__}): {exc}") from exc
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:
+        return f.default_factory()
+    return _MISSING
+
+
+def _convert_child(value: Any, tp: Any, key: str, *, strict: bool = False, base: Any = None) -> Any:
+    try:
+        return _convert(value, tp, key, strict=strict, base=base)
+    except _TypeMismatch as exc:  # inside a container the mismatch is deep: a union around it must not hide it
+        raise ConfigError(str(exc)) from None
+
+
+def _convert(value: Any, tp: Any, key: str, *, strict: bool, base: Any) -> Any:
+    """Check ``value`` against ``tp`` and return the typed value; ``strict`` turns off the int -> float coercion."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return copy.deepcopy(value)
+    if origin in (Union, types.UnionType):
+        return _convert_union(value, tp, key, strict=strict, base=base)
+    if tp is _NONE_TYPE or origin is Literal:
+        allowed = (None,) if tp is _NONE_TYPE else args
+        if any(value == a and type(value) is type(a) for a in allowed):  # type check: True is not Literal[1]
+            return value
+    elif tp is float and isinstance(value, int) and not isinstance(value, bool) and not strict:
+        try:
+            return float(value)
+        except OverflowError:
+            raise _TypeMismatch(f"{_label(key)} must be float, got int {value} which is too large") from None
+    elif tp in _SCALARS:
+        if type(value) is tp or (isinstance(value, tp) and not isinstance(value, bool)):
+            return value
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return _build(tp, {}, key, base=value)
+        if isinstance(value, Mapping):
+            return _build(tp, value, key, base=base if isinstance(base, tp) else None)
+    elif tp in (list, tuple) or origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            return _convert_sequence(value, tp, key, strict=strict)
+    elif tp is dict or origin is dict:
+        if isinstance(value, Mapping):
+            key_tp, value_tp = args or (Any, Any)
+            return {_convert_child(k, key_tp, f"key {k!r} of {_label(key)}", strict=strict):
+                    _convert_child(v, value_tp, _join(key, k), strict=strict) for k, v in value.items()}
+    else:
+        raise TypeError(f"unsupported config type {tp!r} for {_label(key)}; supported: {_SUPPORTED}")
+    raise _mismatch(value, tp, key)
+
+
+def _convert_union(value: Any, tp: Any, key: str, *, strict: bool, base: Any) -> Any:
+    # Exact matches first, so `int | float` keeps an int; then with coercion. When every arm fails, an error from
+    # inside a value (an unknown key in a section, a bad list item) says more than "must be X or Y".
+    for pass_strict in (True,) if strict else (True, False):
+        deep: ConfigError | None = None
+        for arm in get_args(tp):
+            try:
+                return _convert(value, arm, key, strict=pass_strict, base=base)
+            except _TypeMismatch:
+                continue
+            except ConfigError as exc:
+                deep = deep or exc
+    if deep is not None:
+        raise deep
+    raise _mismatch(value, tp, key)
+
+
+def _convert_sequence(value: list[Any] | tuple[Any, ...], tp: Any, key: str, *, strict: bool) -> Any:
+    args = get_args(tp)
+    if get_origin(tp) is list or tp is list:
+        item_tp = args[0] if args else Any
+        return [_convert_child(v, item_tp, f"{key}[{i}]", strict=strict) for i, v in enumerate(value)]
+    if tp is tuple or (len(args) == 2 and args[1] is Ellipsis):
+        item_tps = [args[0] if args else Any] * len(value)
+    else:
+        item_tps = list(args)
+        if len(value) != len(item_tps):
+            raise _TypeMismatch(f"{_label(key)} must be {_type_name(tp)} ({len(item_tps)} items), "
+                                f"got {len(value)} items: {_short(value)}")
+    pairs = enumerate(zip(value, item_tps, strict=True))
+    return tuple(_convert_child(v, t, f"{key}[{i}]", strict=strict) for i, (v, t) in pairs)
+
+
+# --- messages -----------------------------------------------------------------------------------------------------
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 80, 80, 8, 8
+
+
+def _short(value: Any) -> str:
+    return _REPR.repr(value)
+
+
+def _got(value: Any) -> str:
+    return "None" if value is None else f"{type(value).__name__} {_short(value)}"
+
+
+def _join(path: str, name: Any) -> str:
+    return f"{path}.{name}" if path else str(name)
+
+
+def _label(key: str) -> str:
+    return key or "config"
+
+
+def _arms(tp: Any) -> tuple[Any, ...]:
+    return get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+
+
+def _mismatch(value: Any, tp: Any, key: str) -> _TypeMismatch:
+    literals = [a for arm in _arms(tp) if get_origin(arm) is Literal for a in get_args(arm)]
+    got = _short(value) if literals and isinstance(value, str) else _got(value)
+    message = f"{_label(key)} must be {_expected(tp)}, got {got}"
+    if isinstance(value, str):
+        hint = closest_key(value, [a for a in literals if isinstance(a, str)])
+        message += f"; did you mean {hint!r}?" if hint else ""
+    elif str in _arms(tp) and isinstance(value, (bool, int, float)):
+        message += "; quote the value in YAML to keep it a string"
+    return _TypeMismatch(message)
+
+
+def _expected(tp: Any) -> str:
+    arms = _arms(tp)
+    if len(arms) > 1:  # 'None' last reads best: "float or None"
+        return " or ".join([_expected(a) for a in arms if a is not _NONE_TYPE] + ["None"] * (_NONE_TYPE in arms))
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__} section)"
+    return _type_name(tp)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is _NONE_TYPE:
+        return "None"
+    if tp is Any:
+        return "Any"
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args) if args else "()"
+        return f"{getattr(origin, '__name__', origin)}[{inner}]"
+    return getattr(tp, "__name__", repr(tp))
+
+
+def _to_plain(value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name), _join(key, f.name))
+                for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, Mapping):
+        for k in value:
+            if k is not None and type(k) not in _SCALARS:
+                raise TypeError(f"cannot write config key {k!r} of {_label(key)} as YAML: keys must be "
+                                f"str, int, float, bool or None, got {type(k).__name__}")
+        return {k: _to_plain(v, _join(key, k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if value is None or type(value) in _SCALARS:
+        return value
+    raise TypeError(f"cannot write config value {_label(key)}={_short(value)} ({type(value).__name__}) as YAML; "
+                    "use bool, int, float, str, None, lists and mappings")
