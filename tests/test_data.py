@@ -1,0 +1,163 @@
+"""Every data set kind on tiny generated files, and the augmentation pipelines."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visattn.data.cifar import load_cifar
+from visattn.data.datasets import build_datasets
+from visattn.data.folder import collate_skipping, read_rgb
+from visattn.data.transforms import build_transform, transforms_from_list
+from visattn.training.config import DataConfig
+
+
+def _fake_cifar(root, name="cifar10", n_per_batch=6):
+    rng = np.random.default_rng(0)
+    if name == "cifar10":
+        folder, train_files, test_files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], \
+            ["test_batch"]
+        label_key, meta_file, meta = b"labels", "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]}
+    else:
+        folder, train_files, test_files = root / "cifar-100-python", ["train"], ["test"]
+        label_key, meta_file, meta = b"fine_labels", "meta", {b"fine_label_names": [f"c{i}".encode() for i in
+                                                                                     range(100)]}
+    folder.mkdir(parents=True)
+    for f in train_files + test_files:
+        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 label_key: list(rng.integers(0, 10, n_per_batch))}
+        (folder / f).write_bytes(pickle.dumps(batch))
+    (folder / meta_file).write_bytes(pickle.dumps(meta))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_pickle_layout(tmp_path, name):
+    _fake_cifar(tmp_path, name)
+    images, labels, classes = load_cifar(name, tmp_path, "train")
+    assert images.shape == ((30 if name == "cifar10" else 6), 32, 32, 3) and images.dtype == np.uint8
+    assert len(labels) == len(images) and len(classes) == (10 if name == "cifar10" else 100)
+    bundle = build_datasets(DataConfig(name=name, root=str(tmp_path), num_train=4))
+    image, label = bundle.train[0]
+    assert len(bundle.train) == 4 and image.shape == (3, 32, 32) and image.dtype == torch.float32
+
+
+def test_cifar_channel_order_matches_the_format(tmp_path):
+    folder = _fake_cifar(tmp_path)
+    row = np.zeros(3072, dtype=np.uint8)
+    row[:1024] = 200  # the red plane comes first in the CIFAR format
+    batch = {b"data": row[None], b"labels": [3]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+    images, labels, _ = load_cifar("cifar10", tmp_path, "test")
+    assert labels == [3] and images[0, 5, 5].tolist() == [200, 0, 0]
+
+
+def test_cifar_missing_says_where_files_go(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py lacks data_batch_1.*data.download=true"):
+        load_cifar("cifar10", tmp_path, "train")
+
+
+def test_cifar_reader_refuses_code_in_pickles(tmp_path):
+    folder = _fake_cifar(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
+        load_cifar("cifar10", tmp_path, "test")
+
+
+def _image_folder(root, classes=("ant", "bee", "cat"), per_class=3, corrupt=None):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(root / c / f"{i}.jpg")
+    if corrupt:
+        (root / classes[0] / corrupt).write_bytes(b"not an image at all")
+
+
+def test_imagefolder_with_class_subset_and_cap(tmp_path):
+    _image_folder(tmp_path / "train", per_class=4)
+    _image_folder(tmp_path / "val", per_class=2)
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path / "train"), val_root=str(tmp_path / "val"),
+                     classes=["cat", "ant"], max_per_class=3, image_size=24, augment="imagenet")
+    bundle = build_datasets(cfg)
+    assert bundle.classes == ("cat", "ant")
+    assert len(bundle.train) == 6 and len(bundle.val) == 4
+    assert sorted(set(bundle.train.targets)) == [0, 1]
+    image, label = bundle.val[0]
+    assert image.shape == (3, 24, 24)
+    assert build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "train"),
+                                     val_root=str(tmp_path / "val"), classes=2)).classes == ("ant", "bee")
+
+
+def test_imagefolder_bad_class_and_missing_root(tmp_path):
+    _image_folder(tmp_path / "train")
+    with pytest.raises(ValueError, match=r"lacks: \['dog'\]"):
+        build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "train"), val_root=str(tmp_path / "train"),
+                                  classes=["dog"]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "nope"), val_root=str(tmp_path)))
+    with pytest.raises(ValueError, match="data.val_root must name"):
+        build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "train")))
+
+
+def test_tiny_imagenet_val_layout(tmp_path):
+    _image_folder(tmp_path / "train", classes=("n01", "n02"))
+    val = tmp_path / "val"
+    (val / "images").mkdir(parents=True)
+    lines = []
+    for i, wnid in enumerate(["n02", "n01", "n02"]):
+        Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(val / "images" / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
+    (val / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    bundle = build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "train"), val_root=str(val),
+                                       image_size=32))
+    assert sorted(bundle.val.targets) == [0, 1, 1]
+
+
+def test_corrupt_file_is_skipped_and_counted(tmp_path):
+    _image_folder(tmp_path / "train", per_class=2, corrupt="broken.jpg")
+    bundle = build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "train"),
+                                       val_root=str(tmp_path / "train"), image_size=16))
+    items = [bundle.train[i] for i in range(len(bundle.train))]
+    assert sum(item is None for item in items) == 1
+    images, labels, skipped = collate_skipping(items)
+    assert skipped == 1 and images.shape == (6, 3, 16, 16) and labels.shape == (6,)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_read_rgb_any_mode(tmp_path, mode):
+    arr = (np.arange(20 * 30).reshape(20, 30) % 251).astype(np.uint16 if mode == "I;16" else np.uint8)
+    img = Image.fromarray(arr) if mode in ("L", "I;16") else Image.fromarray(arr).convert(mode)
+    path = tmp_path / "x.png"
+    img.save(path)
+    out = read_rgb(path)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8 and out.max() > 0
+
+
+def test_presets_shapes_and_normalisation():
+    cfg = DataConfig(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    image = np.full((32, 32, 3), 255, dtype=np.uint8)
+    out = build_transform(cfg, train=False, native_size=32)(image=image)["image"]
+    assert out.shape == (3, 32, 32) and torch.allclose(out, torch.ones_like(out))  # (1 - 0.5) / 0.5
+    train = build_transform(cfg, train=True, native_size=32)
+    assert train(image=image)["image"].shape == (3, 32, 32)
+    names = [type(t).__name__ for t in train.transforms]
+    assert names[:4] == ["PadIfNeeded", "RandomCrop", "HorizontalFlip", "CoarseDropout"]
+
+
+def test_explicit_transform_list_and_errors():
+    steps = transforms_from_list([{"name": "HorizontalFlip", "p": 1.0}])
+    assert type(steps[0]).__name__ == "HorizontalFlip"
+    with pytest.raises(ValueError, match="did you mean 'HorizontalFlip'"):
+        transforms_from_list([{"name": "HorizontalFlop"}])
+    with pytest.raises(ValueError, match="must be a mapping with a 'name' key"):
+        transforms_from_list(["HorizontalFlip"])
+    with pytest.raises(ValueError, match=r"transforms\[0\] \(RandomCrop\)"):
+        transforms_from_list([{"name": "RandomCrop", "heigth": 3}])

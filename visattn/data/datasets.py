@@ -1,0 +1,111 @@
+"""Build the train and validation data sets named by a config's data section."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..training.config import DataConfig
+from .cifar import load_cifar
+from .folder import ImageFileDataset, scan_image_folder, scan_tiny_imagenet_val
+from .synthetic import ShapesDataset
+from .transforms import build_transform
+
+__all__ = ["ArrayDataset", "DataBundle", "build_datasets"]
+
+
+class ArrayDataset(Dataset):
+    """In-memory ``(N, H, W, 3)`` uint8 images with labels, through an albumentations transform."""
+
+    def __init__(self, images: np.ndarray, targets: list[int], classes: list[str],
+                 transform: Callable[..., dict[str, Any]] | None = None) -> None:
+        self.images = images
+        self.targets = targets
+        self.classes = tuple(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        return image, self.targets[index]
+
+
+@dataclass
+class DataBundle:
+    """The two splits and what the model needs to know about them."""
+
+    train: Dataset
+    val: Dataset
+    classes: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _require_root(cfg: DataConfig) -> Path:
+    if not cfg.root:
+        raise ValueError(f"data.root must name a folder for data.name={cfg.name!r}; the built-in data needs none: "
+                         f"data.name=shapes")
+    return Path(cfg.root).expanduser()
+
+
+def _subset(n: int | None, size: int, seed: int) -> np.ndarray:
+    """All indices, or ``n`` of them spread over the whole set (files are sorted by class), in order."""
+    if n is None or n >= size:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(seed).permutation(size)[:n])
+
+
+def build_datasets(cfg: DataConfig) -> DataBundle:
+    """Train and validation sets for ``cfg``, each with its albumentations pipeline attached.
+
+    Raises:
+        FileNotFoundError: the data is not where ``cfg`` says; the message says what was expected there.
+        ValueError: inconsistent data options.
+    """
+    if cfg.name == "shapes":
+        train = ShapesDataset("train", num_samples=cfg.num_train, image_size=cfg.image_size, seed=cfg.seed,
+                              transform=build_transform(cfg, train=True, native_size=cfg.image_size))
+        val = ShapesDataset("val", num_samples=cfg.num_val, image_size=cfg.image_size, seed=cfg.seed,
+                            transform=build_transform(cfg, train=False, native_size=cfg.image_size))
+        return DataBundle(train, val, tuple(train.classes))
+
+    if cfg.name in ("cifar10", "cifar100"):
+        root = _require_root(cfg)
+        splits = {}
+        for split, n in (("train", cfg.num_train), ("test", cfg.num_val)):
+            images, labels, classes = load_cifar(cfg.name, root, split, download=cfg.download)
+            keep = _subset(n, len(labels), cfg.seed)
+            splits[split] = ArrayDataset(images[keep], [labels[i] for i in keep], classes,
+                                         build_transform(cfg, train=split == "train", native_size=32))
+        return DataBundle(splits["train"], splits["test"], splits["train"].classes)
+
+    # imagefolder
+    root = _require_root(cfg)
+    if not cfg.val_root:
+        raise ValueError("data.val_root must name the validation folder for data.name='imagefolder'")
+    val_root = Path(cfg.val_root).expanduser()
+    train_samples, classes = scan_image_folder(root, cfg.classes, cfg.max_per_class)
+    if (val_root / "val_annotations.txt").is_file():  # Tiny-ImageNet-200 validation layout
+        val_samples = scan_tiny_imagenet_val(val_root, classes)
+    else:
+        val_samples, val_classes = scan_image_folder(val_root, classes)
+        if list(val_classes) != list(classes):
+            raise ValueError(f"data.val_root classes differ from data.root's: {val_classes[:5]} vs {classes[:5]}")
+    train_samples = [train_samples[i] for i in _subset(cfg.num_train, len(train_samples), cfg.seed)]
+    val_samples = [val_samples[i] for i in _subset(cfg.num_val, len(val_samples), cfg.seed)]
+    return DataBundle(
+        ImageFileDataset(train_samples, classes, build_transform(cfg, train=True)),
+        ImageFileDataset(val_samples, classes, build_transform(cfg, train=False)),
+        tuple(classes),
+    )

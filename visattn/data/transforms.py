@@ -1,0 +1,87 @@
+"""albumentations pipelines: presets (CIFAR, ImageNet, none) or an explicit list from the config.
+
+Every pipeline ends with ``Normalize(mean, std)`` and ``ToTensorV2``, so a config lists only the augmentations.
+The eval pipeline of a preset is what overlays and evaluation reuse, so preprocessing always matches training.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+from ..training.config import DataConfig
+
+__all__ = ["build_transform", "transforms_from_list"]
+
+
+def transforms_from_list(specs: Sequence[dict[str, Any]], arg: str = "transforms") -> list[A.BasicTransform]:
+    """Build ``[{'name': 'HorizontalFlip', 'p': 0.5}, ...]`` into albumentations transforms.
+
+    Raises:
+        ValueError: an entry without ``name``, an unknown transform name (with the closest valid one), or arguments
+            the transform rejects.
+    """
+    out = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"{arg}[{i}] must be a mapping with a 'name' key, e.g. {{name: HorizontalFlip, p: 0.5}}, "
+                             f"got {spec!r}")
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        name = spec["name"]
+        cls = getattr(A, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
+            valid = [n for n in dir(A)
+                     if isinstance(getattr(A, n), type) and issubclass(getattr(A, n), A.BasicTransform)]
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            raise ValueError(f"{arg}[{i}]: {name!r} is not an albumentations transform"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
+        try:
+            out.append(cls(**kwargs))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{arg}[{i}] ({name}): {err}") from err
+    return out
+
+
+def _preset(cfg: DataConfig, train: bool, native_size: int | None) -> list[A.BasicTransform]:
+    s = cfg.image_size
+    if cfg.augment == "imagenet":
+        if train:
+            return [A.RandomResizedCrop(size=(s, s)), A.HorizontalFlip(),
+                    A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=0.8)]
+        return [A.SmallestMaxSize(max_size=round(s / 0.875)), A.CenterCrop(s, s)]  # timm's crop_pct 0.875
+    resize = [] if native_size == s else [A.Resize(s, s, interpolation=cv2.INTER_AREA)]
+    if cfg.augment == "none" or not train:
+        return resize
+    # CIFAR recipe: 4-pixel reflect-pad + random crop, flip, one 1/4-size cutout hole (DeVries & Taylor 2017).
+    pad = max(1, s // 8)
+    hole = max(1, s // 4)
+    steps = resize + [
+        A.PadIfNeeded(min_height=s + 2 * pad, min_width=s + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
+        A.RandomCrop(s, s),
+        A.HorizontalFlip(),
+    ]
+    if cfg.augment == "cifar":
+        steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(hole, hole),
+                                     hole_width_range=(hole, hole), p=0.5))
+    return steps
+
+
+def build_transform(cfg: DataConfig, train: bool, native_size: int | None = None) -> A.Compose:
+    """The train or eval pipeline for ``cfg``: explicit list if given, else the preset, then normalise.
+
+    Args:
+        cfg: the data section of the config.
+        train: the training pipeline (augmenting) or the evaluation one.
+        native_size: the data set's own square image size, if it has one, to skip a no-op resize.
+    """
+    explicit = cfg.train_transforms if train else cfg.eval_transforms
+    if explicit is not None:
+        steps = transforms_from_list(explicit, "data.train_transforms" if train else "data.eval_transforms")
+    else:
+        steps = _preset(cfg, train, native_size)
+    return A.Compose([*steps, A.Normalize(mean=cfg.mean, std=cfg.std), ToTensorV2()])
