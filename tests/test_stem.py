@@ -32,3 +32,13 @@ def test_deep_stem_rejected():
 def test_even_kernel_rejected():
     with pytest.raises(ValueError, match="kernel_size"):
         use_small_input_stem(timm.create_model("resnet18"), kernel_size=4)
+
+
+def test_stride_two_stem():
+    model = use_small_input_stem(timm.create_model("resnet18"), stride=2)
+    assert model.conv1.stride == (2, 2)
+    assert [f["reduction"] for f in model.feature_info] == [2, 2, 4, 8, 16]
+    feats = model.forward_intermediates(torch.randn(1, 3, 32, 32), intermediates_only=True)
+    assert feats[-1].shape[-2:] == (2, 2)
+    with pytest.raises(ValueError, match="stride must be 1 or 2"):
+        use_small_input_stem(timm.create_model("resnet18"), stride=4)

@@ -24,7 +24,7 @@ def test_original_checkpoint_into_injected_model(tmp_path, fmt):
         torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
 
     model, report = visattn.inject(timm.create_model("resnet18", num_classes=3), "cbam", input_size=(3, 32, 32))
-    with pytest.warns(UserWarning, match="attention-block keys were not in the checkpoint"):
+    with pytest.warns(UserWarning, match=r"keys \(attention blocks\) were not in the checkpoint"):
         kept = visattn.load_weights(model, path)
     assert sorted(kept) == [k for k in report.new_keys if not k.endswith("num_batches_tracked")]
     x = torch.randn(2, 3, 32, 32)

@@ -1,4 +1,4 @@
-"""``visattn`` command line: ``visattn blocks`` lists the registry; ``visattn bench blocks`` benchmarks them."""
+"""``visattn`` command line: ``train`` from a YAML config, ``blocks`` lists the registry, ``bench blocks``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,21 @@ def _cmd_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import load_train_config
+    from .training.config_loader import ConfigError
+    from .training.run import train
+
+    overrides = [*args.overrides, *(args.set or [])]
+    try:
+        cfg = load_train_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"visattn train: config error: {err}", file=sys.stderr)
+        return 2
+    train(cfg, config_path=args.config, resume=args.resume if args.resume is not None else False)
+    return 0
+
+
 def _cmd_bench_blocks(args: argparse.Namespace) -> int:
     from .bench.blocks import run_block_benchmark
 
@@ -49,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the ``visattn`` command."""
     parser = argparse.ArgumentParser(prog="visattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a classifier from a YAML config",
+                           description="Train from a YAML config; later key=value pairs override the file.")
+    train.add_argument("--config", "-c", default=None, help="YAML config file (see configs/)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. optim.lr=0.05 loop.epochs=3")
+    train.add_argument("--set", action="append", metavar="key=value", help="one override (repeatable)")
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
+                       help="continue the run folder this config names, or the given run folder / checkpoint")
+    train.set_defaults(func=_cmd_train)
 
     blocks = sub.add_parser("blocks", help="list the registered attention blocks")
     blocks.add_argument("--channels", type=int, default=256, help="width used for the parameter count (default 256)")

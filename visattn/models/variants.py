@@ -90,9 +90,8 @@ def create_attention_resnet(
         ResNet,
         variant or f"{arch}_{block}",
         pretrained=False,  # weights are loaded below, after the stem matches the checkpoint
-        **ARCHITECTURES[arch],
+        **{**ARCHITECTURES[arch], **kwargs},  # kwargs may override depth/width, e.g. layers=(1, 1, 1, 1)
         block_args=dict(attn_layer=attn_layer),
-        **kwargs,
     )
     if small_input:
         use_small_input_stem(model)

@@ -22,7 +22,7 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str
     removed.
     """
     if isinstance(source, (str, Path)):
-        path = Path(source)
+        path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
         if path.suffix == ".safetensors":
@@ -39,7 +39,12 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor]) -> list[str]:
+def load_weights(
+        model: nn.Module,
+        source: str | Path | Mapping[str, torch.Tensor],
+        *,
+        allow_missing: tuple[str, ...] = (),
+) -> list[str]:
     """Load weights strictly, except that keys of visattn attention blocks may be missing.
 
     This is how a checkpoint of the original model goes into an injected one: every original key must match, and the
@@ -48,9 +53,10 @@ def load_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tenso
     Args:
         model: the model to load into.
         source: a ``.safetensors`` / torch file path or a state_dict.
+        allow_missing: further key prefixes that may be missing (e.g. ``('fc.',)`` for a new classifier head).
 
     Returns:
-        The keys left at their initial values (the attention blocks' own).
+        The keys left at their initial values (the attention blocks' own, and ``allow_missing`` ones).
 
     Raises:
         ValueError: if keys other than attention-block keys are missing, or the checkpoint has unexpected keys.
@@ -60,7 +66,7 @@ def load_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tenso
         >>> visattn.load_weights(model, 'resnet50_trained.safetensors')
     """
     state = read_state_dict(source)
-    block_prefixes = tuple(f"{name}." for name, m in model.named_modules() if name and is_block(m))
+    block_prefixes = tuple(f"{name}." for name, m in model.named_modules() if name and is_block(m)) + allow_missing
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(block_prefixes)]
     if missing or result.unexpected_keys:
@@ -71,6 +77,7 @@ def load_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tenso
         )
     kept = [k for k in result.missing_keys if k.startswith(block_prefixes)]
     if kept:
-        warnings.warn(f"{len(kept)} attention-block keys were not in the checkpoint and keep their initial values",
+        warnings.warn(f"{len(kept)} keys (attention blocks{', ' + ', '.join(allow_missing) if allow_missing else ''}) "
+                      f"were not in the checkpoint and keep their initial values",
                       UserWarning, stacklevel=2)
     return kept

@@ -1,0 +1,46 @@
+"""The training schema and the shipped configs (the generic loader has its own tests)."""
+
+from pathlib import Path
+
+import pytest
+
+from visattn.training.config import TrainConfig, load_train_config
+from visattn.training.config_loader import ConfigError, config_to_dict
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+
+
+def test_configs_cover_the_issue():
+    names = {str(p.relative_to(CONFIG_DIR)) for p in CONFIGS}
+    for dataset in ("cifar10", "cifar100"):
+        for variant in ("baseline", "se", "cam", "spatial", "cbam", "nonlocal"):
+            assert f"{dataset}/{variant}.yaml" in names
+    assert "quickstart.yaml" in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name if p.parent.name == "configs" else
+                         f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_loads(path):
+    cfg = load_train_config(path)
+    assert isinstance(cfg, TrainConfig)
+
+
+def test_block_variants_differ_only_in_model():
+    base = config_to_dict(load_train_config(CONFIG_DIR / "cifar10" / "baseline.yaml"))
+    cbam = config_to_dict(load_train_config(CONFIG_DIR / "cifar10" / "cbam.yaml"))
+    assert cbam["model"]["name"] == "resnet18_cbam" and base["model"]["name"] == "resnet18"
+    assert {k: v for k, v in base.items() if k != "model"} == {k: v for k, v in cbam.items() if k != "model"}
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("optim.lr_rate=0.1", "did you mean 'optim.lr'"),
+    ("optim.lr=fast", "optim.lr must be float"),
+    ("optim.lr=-1", "lr must be > 0"),
+    ("data.name=cifar", "data.name must be one of"),
+    ("loop.epochs=0", "epochs must be >= 1"),
+    ("model.inject={block: se, stage: [3]}", "did you mean 'model.inject.stages'"),
+])
+def test_rejections_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_train_config(None, [override])

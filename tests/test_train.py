@@ -1,0 +1,125 @@
+"""End-to-end training runs on the built-in data: it learns, resumes exactly, is deterministic, stops on NaN."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from visattn.training import loop as loop_module
+from visattn.training import run as run_module
+from visattn.training.config import load_train_config
+from visattn.training.loop import TrainingDiverged
+from visattn.training.run import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.num_train=384", "data.num_val=192", "data.batch_size=32", "loop.progress=false", "optim.warmup_epochs=0"]
+
+
+def _cfg(tmp_path, *extra):
+    return load_train_config(ROOT / "configs" / "quickstart.yaml",
+                             [*TINY, f"checkpoint.output_dir={tmp_path}", *extra])
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _comparable(records):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_img_s")} for r in records]
+
+
+@pytest.mark.slow
+def test_short_run_learns_and_writes_its_files(tmp_path):
+    result = train(_cfg(tmp_path, "loop.epochs=8", "data.num_train=4000", "data.num_val=1000", "data.batch_size=128",
+                        "optim.lr=0.2"), config_path="quick.yaml")
+    records = _metrics(result.run_dir)
+    assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.25  # log(10) = 2.30 is the untrained loss
+    assert result.best_accuracy > 0.2  # chance is 0.1; the full quickstart (34 epochs of 8000) reaches >= 0.95
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "last.safetensors", "best.safetensors", "curves.png",
+            "summary.json"} <= files
+    assert len(records) == 8
+    saved = (result.run_dir / "config.yaml").read_text()
+    assert "visattn_version" in saved and "num_train: 4000" in saved
+
+
+def test_same_seed_same_metrics_and_new_run_folder(tmp_path):
+    first = train(_cfg(tmp_path, "loop.epochs=1", "loop.deterministic=true"), config_path="det.yaml")
+    second = train(_cfg(tmp_path, "loop.epochs=1", "loop.deterministic=true"), config_path="det.yaml")
+    assert second.run_dir != first.run_dir  # an earlier run is never overwritten
+    assert _comparable(_metrics(first.run_dir)) == _comparable(_metrics(second.run_dir))
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, "loop.epochs=3", "data.num_workers=0")
+    full = train(cfg, config_path="full.yaml")
+
+    real_epoch = run_module.train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt  # a kill after epoch 2's checkpoint
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(run_module, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, config_path="resumed.yaml")
+    monkeypatch.setattr(run_module, "train_one_epoch", real_epoch)
+    resumed = train(cfg, config_path="resumed.yaml", resume=True)
+    assert resumed.run_dir.name == "resumed"
+    assert _comparable(_metrics(resumed.run_dir)) == _comparable(_metrics(full.run_dir))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = loop_module.F.cross_entropy
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 12 else loss  # epoch 1 has 12 steps
+
+    monkeypatch.setattr(loop_module.F, "cross_entropy", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 2"):
+        train(_cfg(tmp_path, "loop.epochs=3"), config_path="nan.yaml")
+    run_dir = tmp_path / "nan"
+    assert len(_metrics(run_dir)) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "last.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["progress"])["epoch"] == 1
+        assert all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys() if k.startswith("model."))
+
+
+def test_inject_section_and_ema(tmp_path):
+    cfg = _cfg(tmp_path, "loop.epochs=1", "model.name=resnet18", "model.inject={block: se, stages: [3, 4]}",
+               "loop.ema_decay=0.9")
+    with pytest.warns(UserWarning, match="visattn.inject added 2 se blocks"):
+        result = train(cfg, config_path="inj.yaml")
+    record = _metrics(result.run_dir)[0]
+    assert "ema_val_acc" in record
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    from visattn.cli import main
+
+    assert main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "optim.lr_rate=0.1"]) == 2
+    assert "did you mean 'optim.lr'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+               str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY,
+               f"checkpoint.output_dir={tmp_path}", "loop.epochs=1", "loop.device=cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = _metrics(tmp_path / "quickstart")
+    assert len(records) == 1  # only rank 0 writes
+    # Both ranks' batches are counted: 384 images / (32 per rank x 2 ranks) = 6 steps.
+    assert records[0]["step"] == 6
+    assert result.stdout.count("run folder:") == 1

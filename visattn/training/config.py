@@ -1,0 +1,168 @@
+"""The training config: one dataclass per section, filled from YAML, then ``key=value`` overrides.
+
+Sections, in the order a reader meets them in ``train()``: data, model, optim, loop, eval, checkpoint. Every field
+has a default, so a YAML file only states what differs; ``load_train_config`` rejects unknown keys and wrong types
+(naming the closest valid key) before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config_loader import load_config
+
+__all__ = [
+    "DataConfig",
+    "InjectConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "LoopConfig",
+    "EvalConfig",
+    "CheckpointConfig",
+    "TrainConfig",
+    "load_train_config",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    """Which data, how much of it, and how it is augmented.
+
+    ``name``: ``'shapes'`` (built in, no files), ``'cifar10'`` / ``'cifar100'`` (torchvision layout under ``root``),
+    ``'imagefolder'`` (``root`` = train folder, ``val_root`` = val folder; a Tiny-ImageNet-200 ``val/`` is read as is).
+    """
+
+    name: Literal["shapes", "cifar10", "cifar100", "imagefolder"] = "shapes"
+    root: str | None = None
+    val_root: str | None = None
+    download: bool = False
+    image_size: int = 32
+    num_train: int | None = None  # shapes: samples to generate; other data sets: a cap (None = all)
+    num_val: int | None = None
+    classes: list[str] | int | None = None  # imagefolder: class subset (folder names) or the first N classes
+    max_per_class: int | None = None  # imagefolder: images per class cap
+    augment: Literal["cifar", "crop_flip", "imagenet", "none"] = "cifar"  # train preset; crop_flip = cifar - cutout
+    train_transforms: list[dict[str, Any]] | None = None  # explicit albumentations list, e.g. [{name: HorizontalFlip}]
+    eval_transforms: list[dict[str, Any]] | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    on_corrupt: Literal["skip", "fail"] = "skip"  # unreadable images: skip with a summary warning, or stop
+    batch_size: int = 128
+    eval_batch_size: int | None = None  # default: 2 x batch_size
+    num_workers: int = 0
+    seed: int = 0  # the built-in data's generator seed
+
+
+@dataclass
+class InjectConfig:
+    """Attention injected into a model built without it (``visattn.inject``)."""
+
+    block: str = "cbam"
+    stages: list[int] | None = None
+    blocks: Literal["all", "last"] | list[int] = "all"
+    init: Literal["identity", "default"] = "identity"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Any timm model name (visattn registers ``resnet18_cbam`` and friends), plus visattn's options."""
+
+    name: str = "resnet18"
+    pretrained: str | None = None  # local weights file (.safetensors or a torch state_dict), never a download
+    small_input: bool = False  # CIFAR stem: one 3x3 conv (stride small_input_stride), no max-pool
+    small_input_stride: Literal[1, 2] = 1
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model (layers, channels, ...)
+    inject: InjectConfig | None = None
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, learning-rate schedule and regularisation."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 5e-4  # not applied to norms, biases and other 1-D parameters
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # max global grad norm
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class LoopConfig:
+    """How long and how: epochs, device, precision, determinism."""
+
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"  # 'auto' = cuda if available, else cpu
+    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype (fp16 on CUDA only)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    deterministic: bool = False  # torch.use_deterministic_algorithms; same config + seed -> same metrics on CPU
+    ema_decay: float | None = None  # keep an EMA of the weights and evaluate it too
+    tensorboard: bool = False
+    progress: bool = True  # tqdm progress bar per epoch
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class EvalConfig:
+    """When to evaluate."""
+
+    every: int = 1  # epochs
+
+
+@dataclass
+class CheckpointConfig:
+    """Where the run folder goes and what is kept in it."""
+
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: the config file's stem
+    every: int = 1  # epochs between checkpoints (the last epoch always writes one)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file at ``path`` (and what it ``extends``), then ``key=value`` overrides.
+
+    Raises:
+        ConfigError: unknown keys, wrong types or invalid values, naming the dotted key and the closest valid one.
+
+    Example:
+        >>> cfg = load_train_config('configs/quickstart.yaml', ['optim.lr=0.05', 'loop.epochs=3'])
+    """
+    return load_config(TrainConfig, path, overrides)

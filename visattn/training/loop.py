@@ -1,0 +1,179 @@
+"""One epoch of training and one pass of evaluation: plain functions, readable top to bottom."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .config import OptimConfig
+from .distributed import DistInfo, all_reduce_sum
+from .optim import lr_at
+
+__all__ = ["EpochStats", "Schedule", "TrainingDiverged", "train_one_epoch", "evaluate"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _check_corrupt(skipped: int, policy: str) -> None:
+    if skipped and policy == "fail":
+        raise RuntimeError(f"{skipped} unreadable image(s) in a batch and data.on_corrupt='fail'; "
+                           f"set data.on_corrupt=skip to skip them with a summary warning instead")
+
+
+@dataclass
+class EpochStats:
+    """Sums over an epoch, reduced over all ranks."""
+
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+    skipped: int = 0  # unreadable images dropped by the loader
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Where an epoch sits in the learning-rate schedule."""
+
+    total_steps: int
+    warmup_steps: int
+    optim: OptimConfig
+
+
+def _autocast(device: torch.device, amp: str) -> torch.autocast | nullcontext:
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def _reduce(sums: list[float], info: DistInfo, seconds: float) -> EpochStats:
+    loss_sum, correct, count, skipped = all_reduce_sum(torch.tensor(sums, dtype=torch.float64), info).tolist()
+    return EpochStats(loss=loss_sum / max(count, 1), accuracy=correct / max(count, 1), images=int(count),
+                      seconds=seconds, skipped=int(skipped))
+
+
+def train_one_epoch(
+        model: nn.Module,
+        loader: Iterable,
+        optimizer: torch.optim.Optimizer,
+        *,
+        epoch: int,
+        step: int,
+        schedule: Schedule,
+        device: torch.device,
+        amp: str = "none",
+        channels_last: bool = False,
+        scaler: torch.amp.GradScaler | None = None,
+        ema: nn.Module | None = None,
+        info: DistInfo | None = None,
+        progress: bool = True,
+        on_corrupt: str = "skip",
+) -> tuple[EpochStats, int]:
+    """Train for one pass over ``loader``; returns the epoch's stats and the global step after it.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (nothing is written for this epoch).
+    """
+    info = info or DistInfo()
+    model.train()
+    cfg = schedule.optim
+    loss_sum = correct = count = skipped = 0.0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not (progress and info.is_main),
+               dynamic_ncols=True)
+    for images, labels, n_skipped in bar:
+        _check_corrupt(n_skipped, on_corrupt)
+        skipped += n_skipped
+        if len(labels) == 0:
+            continue
+        images, labels = _to_device(images, labels, device, channels_last)
+        lr = lr_at(step, schedule.total_steps, schedule.warmup_steps, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        with _autocast(device, amp):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower optim.lr or set "
+                                   f"optim.grad_clip. The last good checkpoint is kept.")
+
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if ema is not None:
+            ema.update(model, step=step)
+        step += 1
+
+        n = labels.numel()
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == labels).sum().item()
+        count += n
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}", lr=f"{lr:.3g}",
+                        img_s=f"{count / elapsed:.0f}")
+    return _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start), step
+
+
+@torch.no_grad()
+def evaluate(
+        model: nn.Module,
+        loader: Iterable,
+        *,
+        device: torch.device,
+        amp: str = "none",
+        channels_last: bool = False,
+        info: DistInfo | None = None,
+        progress: bool = True,
+        desc: str = "eval",
+        on_corrupt: str = "skip",
+) -> EpochStats:
+    """Loss and top-1 accuracy of ``model`` on ``loader``, reduced over all ranks."""
+    info = info or DistInfo()
+    model.eval()
+    loss_sum = correct = count = skipped = 0.0
+    start = time.perf_counter()
+    for images, labels, n_skipped in tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main),
+                                          dynamic_ncols=True):
+        _check_corrupt(n_skipped, on_corrupt)
+        skipped += n_skipped
+        if len(labels) == 0:
+            continue
+        images, labels = _to_device(images, labels, device, channels_last)
+        with _autocast(device, amp):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        count += labels.numel()
+    return _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start)

@@ -1,0 +1,54 @@
+"""Build the model a config asks for: any timm name, optional CIFAR stem, local weights, injected attention."""
+
+from __future__ import annotations
+
+import warnings
+
+import timm
+from torch import nn
+
+from ..models import InjectionReport, inject, load_weights, read_state_dict, use_small_input_stem
+from .config import ModelConfig
+
+__all__ = ["build_model"]
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, InjectionReport | None]:
+    """Create ``cfg.name`` with ``num_classes`` outputs, then stem, weights and injection, in that order.
+
+    Weights load before injection, so ``inject`` checks its identity property on the trained model. A checkpoint
+    whose classifier has another number of classes loads without its classifier, which then stays freshly
+    initialised (the usual fine-tuning start).
+
+    Raises:
+        ValueError: an unknown model name (from timm, with its close matches), or weights that do not fit.
+    """
+    if not timm.is_model(cfg.name):
+        close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
+        raise ValueError(f"model.name={cfg.name!r} is not a timm model; similar: {close}")
+    kwargs = dict(cfg.kwargs)
+    if cfg.drop_path_rate > 0:
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    model = timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **kwargs)
+    if cfg.small_input:
+        use_small_input_stem(model, stride=cfg.small_input_stride)
+
+    if cfg.pretrained:
+        state = read_state_dict(cfg.pretrained)
+        own = model.state_dict()
+        head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+        mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+        if mismatched and all(k.startswith(f"{head}.") for k in mismatched):
+            warnings.warn(f"{cfg.pretrained}: classifier '{head}' has another class count; it is re-initialised",
+                          UserWarning, stacklevel=2)
+            state = {k: v for k, v in state.items() if k not in mismatched}
+            load_weights(model, state, allow_missing=(f"{head}.",))
+        else:
+            load_weights(model, state)
+
+    report = None
+    if cfg.inject is not None:
+        spec = cfg.inject
+        model, report = inject(model, spec.block, stages=spec.stages, blocks=spec.blocks, init=spec.init,
+                               **spec.kwargs)
+    return model, report

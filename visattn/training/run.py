@@ -1,0 +1,297 @@
+"""``train(config)``: data, model, optimisation, loop, evaluation, checkpointing, in that order.
+
+A run folder holds ``config.yaml`` (resolved, with the visattn version and git hash), ``metrics.jsonl``,
+``last.safetensors`` (full training state, for ``--resume``), ``best.safetensors`` (weights of the best epoch by
+validation accuracy), ``curves.png`` and ``summary.json``. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, get_worker_info
+
+from ..data.datasets import build_datasets
+from ..data.folder import collate_skipping
+from ..utils import count_params
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_weights, unwrap_model
+from .config import TrainConfig
+from .config_loader import save_config
+from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .loop import EpochStats, Schedule, evaluate, train_one_epoch
+from .model import build_model
+from .optim import build_optimizer
+from .reporting import append_metrics, plot_curves, read_metrics, summary_table
+
+__all__ = ["RunResult", "train", "resolve_device"]
+
+
+@dataclass
+class RunResult:
+    """Where the run went and how it ended."""
+
+    run_dir: Path
+    best_accuracy: float
+    last_accuracy: float
+    epochs: int
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'`` -> cuda if available else cpu; anything else must be a valid, available torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"loop.device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    return device
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+
+
+def _seed_transform(dataset: Any, seed: int) -> None:
+    transform = getattr(dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each worker's augmentation stream follows from the loader's per-epoch generator: resumable and reproducible.
+    info = get_worker_info()
+    _seed_transform(info.dataset, info.seed % 2**32)
+    np.random.seed(info.seed % 2**32)
+    random.seed(info.seed)
+
+
+def _loader(dataset: Any, cfg: TrainConfig, train: bool, info: DistInfo, epoch_seed: int) -> DataLoader:
+    batch = cfg.data.batch_size if train else (cfg.data.eval_batch_size or 2 * cfg.data.batch_size)
+    generator = torch.Generator().manual_seed(epoch_seed)
+    if info.enabled:
+        sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=train, seed=cfg.loop.seed)
+    elif train:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    if cfg.data.num_workers == 0:
+        _seed_transform(dataset, epoch_seed)
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=cfg.data.num_workers,
+                      collate_fn=collate_skipping, drop_last=train, generator=generator,
+                      worker_init_fn=_worker_init if cfg.data.num_workers > 0 else None,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _run_dir(cfg: TrainConfig, config_path: str | Path | None, resume: bool) -> Path:
+    name = cfg.checkpoint.run_name or (Path(config_path).stem if config_path else "run")
+    base = Path(cfg.checkpoint.output_dir) / name
+    if resume or not base.exists():
+        return base
+    for i in range(1, 10_000):  # never write over an earlier run
+        candidate = base.with_name(f"{name}-{i}")
+        if not candidate.exists():
+            return candidate
+    raise RuntimeError(f"too many runs named {name!r} in {cfg.checkpoint.output_dir}")
+
+
+def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: str | Path | bool = False
+          ) -> RunResult:
+    """Run the training described by ``cfg``.
+
+    Args:
+        cfg: the resolved config.
+        config_path: the YAML file it came from (names the run folder).
+        resume: False; True to continue the run folder this config names; or a run folder / checkpoint path.
+
+    Returns:
+        The run folder and its best/last validation accuracy.
+
+    Raises:
+        TrainingDiverged: NaN/inf loss; the last good checkpoint stays in the run folder.
+        FileNotFoundError: ``resume`` names no checkpoint.
+    """
+    from .. import __version__
+
+    device = resolve_device(cfg.loop.device)
+    info = init_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.loop.amp == "fp16" and device.type != "cuda":
+        raise ValueError("loop.amp='fp16' needs CUDA; use 'bf16' or 'none' on CPU")
+    _seed_everything(cfg.loop.seed, cfg.loop.deterministic)
+
+    # data
+    data = build_datasets(cfg.data)
+
+    # model
+    model, inject_report = build_model(cfg.model, data.num_classes)
+    model.to(device)
+    if cfg.loop.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.loop.ema_decay is not None:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.loop.ema_decay, device=device)
+    train_model: torch.nn.Module = model
+    if info.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.loop.compile:
+        train_model = torch.compile(train_model)
+
+    # optimisation
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler("cuda") if cfg.loop.amp == "fp16" else None
+    steps_per_epoch = len(data.train) // (cfg.data.batch_size * info.world_size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} x {info.world_size} process(es) exceeds the "
+                         f"{len(data.train)} training images")
+    schedule = Schedule(total_steps=steps_per_epoch * cfg.loop.epochs,
+                        warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch), optim=cfg.optim)
+
+    # checkpointing: where, and from where
+    run_dir = _run_dir(cfg, config_path, resume=resume is True)
+    resume_file: Path | None = None
+    if resume:
+        resume_file = run_dir / "last.safetensors" if resume is True else Path(resume)
+        if resume_file.is_dir():
+            resume_file = resume_file / "last.safetensors"
+        run_dir = resume_file.parent
+    start_epoch, step, best_acc, history = 0, 0, -1.0, []
+    if resume_file is not None:
+        progress = load_checkpoint(resume_file, model=model, optimizer=optimizer, ema=ema)
+        start_epoch, step, best_acc = progress["epoch"], progress["step"], progress["best_accuracy"]
+        history = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch]
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml", extra={"visattn_version": __version__, "git_hash": _git_hash(),
+                                                          "torch_version": str(torch.__version__)})
+        if resume_file is not None:  # drop lines of epochs after the checkpoint (an interrupted run's last words)
+            atomic_write(run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(
+                "".join(json.dumps(r) + "\n" for r in history)))
+        print(f"run folder: {run_dir}")
+        if inject_report is not None:
+            print(inject_report)
+    writer = None
+    if cfg.loop.tensorboard and info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    # loop
+    started = time.perf_counter()
+    total_skipped = 0
+    last_acc = history[-1]["val_acc"] if history else float("nan")
+    try:
+        for epoch in range(start_epoch, cfg.loop.epochs):
+            epoch_seed = cfg.loop.seed * 1_000_003 + epoch
+            loader = _loader(data.train, cfg, True, info, epoch_seed)
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
+            train_stats, step = train_one_epoch(
+                train_model, loader, optimizer, epoch=epoch, step=step, schedule=schedule, device=device,
+                amp=cfg.loop.amp, channels_last=cfg.loop.channels_last, scaler=scaler, ema=ema, info=info,
+                progress=cfg.loop.progress, on_corrupt=cfg.data.on_corrupt)
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                                      "train_loss": train_stats.loss, "train_acc": train_stats.accuracy,
+                                      "train_img_s": train_stats.images_per_second}
+            total_skipped += train_stats.skipped
+            last_epoch = epoch + 1 == cfg.loop.epochs
+            if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
+                val = _evaluate(model, data.val, cfg, info, device)
+                record.update(val_loss=val.loss, val_acc=val.accuracy)
+                total_skipped += val.skipped
+                last_acc = val.accuracy
+                if ema is not None:
+                    ema_val = _evaluate(ema.module, data.val, cfg, info, device)
+                    record.update(ema_val_loss=ema_val.loss, ema_val_acc=ema_val.accuracy)
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+            if info.is_main:
+                _report_epoch(record, cfg.loop.epochs, writer)
+                append_metrics(run_dir / "metrics.jsonl", record)
+                improved = record.get("val_acc", -1.0) > best_acc
+                if improved:
+                    best_acc = record["val_acc"]
+                    save_weights(run_dir / "best.safetensors", unwrap_model(model).state_dict(),
+                                 {"epoch": epoch + 1, "val_acc": best_acc, "model": cfg.model.name})
+                if (epoch + 1) % cfg.checkpoint.every == 0 or last_epoch:
+                    save_checkpoint(run_dir / "last.safetensors", model=model, optimizer=optimizer, ema=ema,
+                                    progress={"epoch": epoch + 1, "step": step, "best_accuracy": best_acc})
+            barrier(info)
+    finally:
+        if writer is not None:
+            writer.close()
+        cleanup(info)
+
+    seconds = time.perf_counter() - started
+    if info.is_main:
+        _finish(run_dir, cfg, history, model, best_acc, last_acc, seconds, total_skipped)
+    return RunResult(run_dir, best_acc, last_acc, len(history), seconds)
+
+
+def _evaluate(model: torch.nn.Module, dataset: Any, cfg: TrainConfig, info: DistInfo, device: torch.device
+              ) -> EpochStats:
+    loader = _loader(dataset, cfg, False, info, cfg.loop.seed)
+    return evaluate(model, loader, device=device, amp=cfg.loop.amp, channels_last=cfg.loop.channels_last,
+                    info=info, progress=cfg.loop.progress, on_corrupt=cfg.data.on_corrupt)
+
+
+def _report_epoch(record: dict[str, Any], epochs: int, writer: Any) -> None:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}",
+             f"train {100 * record['train_acc']:.2f}%"]
+    if "val_acc" in record:
+        parts.append(f"val {100 * record['val_acc']:.2f}%")
+    if "ema_val_acc" in record:
+        parts.append(f"EMA val {100 * record['ema_val_acc']:.2f}%")
+    parts.append(f"{record['train_img_s']:.0f} img/s")
+    print("  ".join(parts), flush=True)
+    if writer is not None:
+        for key, value in record.items():
+            if key not in ("epoch", "step"):
+                writer.add_scalar(key, value, record["epoch"])
+
+
+def _finish(run_dir: Path, cfg: TrainConfig, history: list[dict[str, Any]], model: torch.nn.Module,
+            best_acc: float, last_acc: float, seconds: float, skipped: int) -> None:
+    plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}")
+    summary = {"model": cfg.model.name, "data": cfg.data.name, "epochs": len(history),
+               "best_val_acc": best_acc, "last_val_acc": last_acc, "params": count_params(model),
+               "train_seconds": seconds, "skipped_images": skipped}
+    atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    if skipped:
+        warnings.warn(f"{skipped} unreadable images were skipped (data.on_corrupt='skip')", UserWarning, stacklevel=2)
+    print(summary_table([
+        ("model", f"{cfg.model.name} ({summary['params'] / 1e6:.2f}M params)"),
+        ("data", f"{cfg.data.name}, {len(history)} epochs"),
+        ("best val acc", f"{100 * best_acc:.2f}%"),
+        ("last val acc", f"{100 * last_acc:.2f}%"),
+        ("time", f"{seconds:.1f} s"),
+        ("run folder", str(run_dir)),
+        ("files", "config.yaml metrics.jsonl last.safetensors best.safetensors curves.png summary.json"),
+    ]))
