@@ -70,6 +70,13 @@ def test_plain_weights_rejected_as_training_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "nope.safetensors", model=model)
 
 
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    atomic_write(tmp_path / "new.txt", lambda tmp: open(tmp, "w").write("x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
     target = tmp_path / "f.txt"
     target.write_text("previous")
