@@ -113,7 +113,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY,
                f"checkpoint.output_dir={tmp_path}", "loop.epochs=1", "loop.device=cpu"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -23,6 +23,11 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def _bar_disabled(progress: bool, info: DistInfo) -> bool | None:
+    # None lets tqdm decide: a bar on a terminal, nothing in a CI log or a file.
+    return None if progress and info.is_main else True
+
+
 def _check_corrupt(skipped: int, policy: str) -> None:
     if skipped and policy == "fail":
         raise RuntimeError(f"{skipped} unreadable image(s) in a batch and data.on_corrupt='fail'; "
@@ -100,7 +105,7 @@ def train_one_epoch(
     cfg = schedule.optim
     loss_sum = correct = count = skipped = 0.0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not (progress and info.is_main),
+    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=_bar_disabled(progress, info),
                dynamic_ncols=True)
     for images, labels, n_skipped in bar:
         _check_corrupt(n_skipped, on_corrupt)
@@ -164,7 +169,7 @@ def evaluate(
     model.eval()
     loss_sum = correct = count = skipped = 0.0
     start = time.perf_counter()
-    for images, labels, n_skipped in tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main),
+    for images, labels, n_skipped in tqdm(loader, desc=desc, leave=False, disable=_bar_disabled(progress, info),
                                           dynamic_ncols=True):
         _check_corrupt(n_skipped, on_corrupt)
         skipped += n_skipped
