@@ -27,3 +27,15 @@ def test_cuda_request_without_cuda_is_clear(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available"):
         run_block_benchmark(device="cuda")
+
+
+def test_train_benchmark_small_run():
+    from visattn.bench.train import run_train_benchmark
+
+    lines = []
+    rows = run_train_benchmark(batch_size=2, steps=1, warmup=0, blocks=["se"], printer=lines.append)
+    assert [r["model"] for r in rows] == ["resnet18", "resnet18_se"]
+    assert rows[0]["ratio"] == 1.0 and rows[1]["img_s"] > 0
+    assert lines[1].startswith("| model |")
+    with pytest.raises(ValueError, match="amp must be"):
+        run_train_benchmark(amp="fp8")

@@ -54,3 +54,20 @@ def test_spatial_attention_equals_paper_equation_without_norm():
 def test_spatial_kernel_must_be_odd(k):
     with pytest.raises(ValueError, match="kernel_size must be a positive odd int"):
         SpatialAttention(8, kernel_size=k)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_channel_attention_same_for_every_memory_layout(layout):
+    cam = randomize_parameters(ChannelAttention(16)).double()
+    ref_x = torch.randn(2, 16, 5, 4, dtype=torch.float64, requires_grad=True)
+    x = ref_x.detach().clone()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(2, 16, 5, 8, dtype=torch.float64)[..., ::2].copy_(x)
+    x.requires_grad_()
+    g = torch.randn(2, 16, 5, 4, dtype=torch.float64)
+    (grad_ref,) = torch.autograd.grad((cam(ref_x) * g).sum(), ref_x)
+    (grad,) = torch.autograd.grad((cam(x) * g).sum(), x)
+    torch.testing.assert_close(cam(x), cam(ref_x))
+    torch.testing.assert_close(grad, grad_ref)

@@ -60,6 +60,14 @@ def _cmd_bench_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from .bench.train import run_train_benchmark
+
+    run_train_benchmark(device=args.device, batch_size=args.batch_size, steps=args.steps, amp=args.amp,
+                        channels_last=args.channels_last, compile=args.compile)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the ``visattn`` command."""
     parser = argparse.ArgumentParser(prog="visattn", description=__doc__)
@@ -86,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_blocks.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     bench_blocks.add_argument("--only", default="", help="comma-separated rows, e.g. 'cam,resnet18+cbam'")
     bench_blocks.set_defaults(func=_cmd_bench_blocks)
+    bench_train = bench_sub.add_parser("train", help="training throughput of ResNet-18 without and with each block")
+    bench_train.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
+    bench_train.add_argument("--batch-size", type=int, default=128)
+    bench_train.add_argument("--steps", type=int, default=5, help="timed steps per model (after 2 warm-up steps)")
+    bench_train.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    bench_train.add_argument("--channels-last", action="store_true")
+    bench_train.add_argument("--compile", action="store_true", help="torch.compile each model first")
+    bench_train.set_defaults(func=_cmd_bench_train)
     return parser
 
 

@@ -73,9 +73,12 @@ class ChannelAttention(nn.Module):
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel gate, shape ``(B, C)``."""
+        # mean_max needs the pooled positions as one dim of a view: (B, C, HW) for NCHW, (B, HW, C) for NHWC.
         if x.is_contiguous():
-            average, peak = (t.squeeze(-1) for t in mean_max(x.flatten(2), 2))  # one fused backward pass
-        else:  # flatten(2) would copy a channels_last map
+            average, peak = (t.squeeze(2) for t in mean_max(x.flatten(2), 2))
+        elif x.is_contiguous(memory_format=torch.channels_last):
+            average, peak = (t.squeeze(1) for t in mean_max(x.permute(0, 2, 3, 1).flatten(1, 2), 1))
+        else:
             average, peak = x.mean((2, 3)), x.amax((2, 3))
         pooled = torch.stack((average, peak), dim=1)  # (B, 2, C)
         return self.gate(self.fc2(self.act(self.fc1(pooled))).sum(dim=1))
