@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .timing import check_device, synchronize
+
 __all__ = ["Case", "cases", "run_block_benchmark"]
 
 
@@ -109,11 +111,6 @@ def _inputs(case: Case, device: str) -> tuple[torch.Tensor, torch.Tensor | None]
     return x.requires_grad_(), None
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_sides(case: Case, sides: list[str], device: str, repeats: int, warmup: int) -> dict[str, float]:
     """Median seconds per forward+backward (or train step) for each side, measured in interleaved rounds."""
     modules = {s: build(case, s).to(device).train() for s in sides}
@@ -121,10 +118,10 @@ def time_sides(case: Case, sides: list[str], device: str, repeats: int, warmup: 
     times: dict[str, list[float]] = {s: [] for s in sides}
     for i in range(warmup + repeats):
         for side, module in modules.items():
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             _step(module, case, x, y)
-            _sync(device)
+            synchronize(device)
             if i >= warmup:
                 times[side].append(time.perf_counter() - start)
     return {s: statistics.median(t) for s, t in times.items()}
@@ -212,8 +209,7 @@ def run_block_benchmark(
         printer: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
     """Run every case (or those named in ``only``) and print the table; returns the rows as dicts."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here; use device='cpu'")
+    check_device(device)
     repeats, warmup = (2, 1) if quick else (15, 3)
     threads = torch.get_num_threads()
     printer(f"visattn block benchmark on {device} (torch {torch.__version__}, {threads} threads"
@@ -253,7 +249,7 @@ def _large_map_check(device: str) -> str:
     x = torch.randn(1, 256, 128, 128, device=device, requires_grad=True)
     start = time.perf_counter()
     block(x).mean().backward()
-    _sync(device)
+    synchronize(device)
     return (f"nonlocal at 1x256x128x128 (16,384 pixels): forward+backward ran in "
             f"{time.perf_counter() - start:.2f} s; a materialised attention matrix would need 1 GiB per image")
 

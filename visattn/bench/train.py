@@ -18,6 +18,7 @@ from torch import nn
 
 from ..blocks import list_blocks
 from ..models import create_attention_resnet, use_small_input_stem
+from .timing import check_device, synchronize
 
 __all__ = ["run_train_benchmark"]
 
@@ -45,8 +46,7 @@ def run_train_benchmark(
         printer: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
     """Print a Markdown table of images/s per model; returns its rows."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here; use device='cpu'")
+    check_device(device)
     if amp not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
     factories = _models(blocks if blocks is not None else list_blocks())
@@ -68,16 +68,14 @@ def run_train_benchmark(
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(warmup + steps):
         for name, model in models.items():
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            synchronize(device)
             start = time.perf_counter()
             with autocast:
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             optimizers[name].step()
             optimizers[name].zero_grad(set_to_none=True)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            synchronize(device)
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
 
