@@ -137,3 +137,21 @@ def test_property_shape_and_finiteness(name, batch, channels, height, width):
     y = block(x)
     assert y.shape == x.shape
     assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_backward_under_autocast(name):
+    # Under autocast, sum() comes back float32 while max() stays half: the fused pooling must not mix them.
+    block = randomize_parameters(visattn.create_block(name, 16)).train()
+    x = torch.randn(2, 16, 6, 5, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", ["se", "cam", "cbam"])
+def test_float16_pooling_does_not_overflow(name):
+    block = visattn.create_block(name, 8).half().eval()
+    x = torch.full((1, 8, 64, 64), 30.0, dtype=torch.float16)  # sum 122,880 > float16 max 65,504
+    assert torch.isfinite(block(x)).all()

@@ -89,6 +89,12 @@ def test_identity_without_norm_zeroes_proj():
     assert torch.equal(block(x), x)
 
 
+def test_identity_with_affine_free_norm():
+    block = PixelSelfAttention(16, norm_layer="instancenorm")
+    x = torch.randn(2, 16, 5, 5)
+    assert torch.equal(block(x), x)
+
+
 def test_cpu_uses_fused_flash_kernel_not_math_path():
     # The fused kernel needs contiguous q/k/v; strided views silently fall back to the O(N^2) math path.
     block = randomize_parameters(PixelSelfAttention(32)).train()

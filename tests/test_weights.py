@@ -41,6 +41,16 @@ def test_mismatched_checkpoint_is_refused():
         visattn.load_weights(model, state)
 
 
+def test_refused_checkpoint_leaves_model_unchanged():
+    model = timm.create_model("resnet18", num_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="unexpected keys"):
+        visattn.load_weights(model, state)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_missing_file_and_bad_source():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_state_dict("/nonexistent/weights.safetensors")

@@ -21,7 +21,9 @@ class _MeanMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[dim]
-        mean = x.sum(dim, keepdim=True) * (1.0 / n)
+        # Accumulate in float32 (a float16 sum over thousands of pixels overflows) and return x's dtype: under
+        # autocast sum() would otherwise come back float32 while max() stays half, and backward would mix them.
+        mean = (x.sum(dim, keepdim=True, dtype=torch.float32) * (1.0 / n)).to(x.dtype)
         peak, index = x.max(dim, keepdim=True)
         ctx.save_for_backward(index)
         ctx.dim, ctx.shape, ctx.n = dim, x.shape, n
@@ -37,7 +39,7 @@ class _MeanMax(torch.autograd.Function):
         else:
             grad = (grad_mean * (1.0 / ctx.n)).expand(ctx.shape).contiguous()
         if grad_peak is not None:
-            grad.scatter_add_(ctx.dim, index, grad_peak)
+            grad.scatter_add_(ctx.dim, index, grad_peak.to(grad.dtype))
         return grad, None
 
 

@@ -138,7 +138,7 @@ class PixelSelfAttention(nn.Module):
 
     def reset_identity(self) -> None:
         """Zero the output branch so that ``forward(x) == x`` (paper Sec. 4.1)."""
-        if isinstance(self.norm, nn.Identity):
+        if getattr(self.norm, "weight", None) is None:  # no norm, or one without affine parameters
             nn.init.zeros_(self.proj.weight)
             nn.init.zeros_(self.proj.bias)
         else:

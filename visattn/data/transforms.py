@@ -1,6 +1,7 @@
 """albumentations pipelines: presets (CIFAR, ImageNet, none) or an explicit list from the config.
 
-Every pipeline ends with ``Normalize(mean, std)`` and ``ToTensorV2``, so a config lists only the augmentations.
+Every pipeline ends with ``Normalize(mean, std)`` and ``ToTensorV2``. An explicit list replaces the preset entirely,
+resizing and cropping included, so it must itself produce ``image_size`` x ``image_size`` images.
 The eval pipeline of a preset is what overlays and evaluation reuse, so preprocessing always matches training.
 """
 

@@ -67,14 +67,18 @@ def load_weights(
     """
     state = read_state_dict(source)
     block_prefixes = tuple(f"{name}." for name, m in model.named_modules() if name and is_block(m)) + allow_missing
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(block_prefixes)]
-    if missing or result.unexpected_keys:
+    # Check the keys before loading anything, so that a mismatch leaves the model as it was.
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not k.startswith(block_prefixes)
+               and not k.endswith("num_batches_tracked")]  # BatchNorm fills that one itself
+    if missing or unexpected:
         raise ValueError(
             f"checkpoint does not match {type(model).__name__}: {len(missing)} missing keys "
-            f"{missing[:5]}{'...' if len(missing) > 5 else ''}, {len(result.unexpected_keys)} unexpected keys "
-            f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
+            f"{missing[:5]}{'...' if len(missing) > 5 else ''}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
+    result = model.load_state_dict(state, strict=False)
     kept = [k for k in result.missing_keys if k.startswith(block_prefixes)]
     if kept:
         warnings.warn(f"{len(kept)} keys (attention blocks{', ' + ', '.join(allow_missing) if allow_missing else ''}) "

@@ -116,7 +116,7 @@ def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None
     torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])  # resuming on fewer GPUs is fine
     kind, pos, has_gauss, gauss = meta["numpy"]
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, words, gauss_next = meta["python"]

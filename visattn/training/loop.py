@@ -72,8 +72,10 @@ def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
     return images, labels.to(device, non_blocking=True)
 
 
-def _reduce(sums: list[float], info: DistInfo, seconds: float) -> EpochStats:
-    loss_sum, correct, count, skipped = all_reduce_sum(torch.tensor(sums, dtype=torch.float64), info).tolist()
+def _reduce(sums: list[float], info: DistInfo, seconds: float, device: torch.device) -> EpochStats:
+    # On the training device: NCCL reduces only CUDA tensors.
+    values = torch.tensor(sums, dtype=torch.float64, device=device if info.enabled else "cpu")
+    loss_sum, correct, count, skipped = all_reduce_sum(values, info).tolist()
     return EpochStats(loss=loss_sum / max(count, 1), accuracy=correct / max(count, 1), images=int(count),
                       seconds=seconds, skipped=int(skipped))
 
@@ -148,7 +150,7 @@ def train_one_epoch(
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}", lr=f"{lr:.3g}",
                         img_s=f"{count / elapsed:.0f}")
-    return _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start), step
+    return _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start, device), step
 
 
 @torch.no_grad()
@@ -181,4 +183,4 @@ def evaluate(
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         count += labels.numel()
-    return _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start)
+    return _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start, device)

@@ -16,7 +16,8 @@ __all__ = ["build_model"]
 def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, InjectionReport | None]:
     """Create ``cfg.name`` with ``num_classes`` outputs, then stem, weights and injection, in that order.
 
-    Weights load before injection, so ``inject`` checks its identity property on the trained model. A checkpoint
+    Weights load before injection, so ``inject`` checks its identity property on the trained model, unless they
+    come from a run that injected the blocks itself (they then carry the blocks' keys and load after). A checkpoint
     whose classifier has another number of classes loads without its classifier, which then stays freshly
     initialised (the usual fine-tuning start).
 
@@ -33,22 +34,37 @@ def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Injectio
     if cfg.small_input:
         use_small_input_stem(model, stride=cfg.small_input_stride)
 
-    if cfg.pretrained:
-        state = read_state_dict(cfg.pretrained)
-        own = model.state_dict()
-        head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
-        mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
-        if mismatched and all(k.startswith(f"{head}.") for k in mismatched):
-            warnings.warn(f"{cfg.pretrained}: classifier '{head}' has another class count; it is re-initialised",
-                          UserWarning, stacklevel=2)
-            state = {k: v for k, v in state.items() if k not in mismatched}
-            load_weights(model, state, allow_missing=(f"{head}.",))
-        else:
-            load_weights(model, state)
-
+    state = read_state_dict(cfg.pretrained) if cfg.pretrained else None
+    # Weights of a run that injected blocks carry their '.se.' keys: inject first so that they load too.
+    # Otherwise load first, so that inject checks its identity property on the trained model.
+    own_keys = set(model.state_dict())
+    inject_first = cfg.inject is not None and state is not None and any(
+        ".se." in k and k not in own_keys for k in state)
     report = None
-    if cfg.inject is not None:
-        spec = cfg.inject
-        model, report = inject(model, spec.block, stages=spec.stages, blocks=spec.blocks, init=spec.init,
-                               **spec.kwargs)
+    if inject_first:
+        model, report = _inject(model, cfg)
+    if state is not None:
+        _load(model, state, cfg.pretrained)
+    if cfg.inject is not None and not inject_first:
+        model, report = _inject(model, cfg)
     return model, report
+
+
+def _inject(model: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, InjectionReport]:
+    spec = cfg.inject
+    return inject(model, spec.block, stages=spec.stages, blocks=spec.blocks, init=spec.init, **spec.kwargs)
+
+
+def _load(model: nn.Module, state: dict, source: str) -> None:
+    own = model.state_dict()
+    head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if mismatched and all(k.startswith(f"{head}.") for k in mismatched):
+        warnings.warn(f"{source}: classifier '{head}' has another class count; it is re-initialised",
+                      UserWarning, stacklevel=3)
+        state = {k: v for k, v in state.items() if k not in mismatched}
+        load_weights(model, state, allow_missing=(f"{head}.",))
+    elif mismatched:
+        raise ValueError(f"{source} does not fit {type(model).__name__}: shapes differ for {mismatched[:5]}")
+    else:
+        load_weights(model, state)

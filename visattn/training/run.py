@@ -8,6 +8,7 @@ validation accuracy), ``curves.png`` and ``summary.json``. Only rank 0 writes.
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import time
@@ -167,7 +168,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     # optimisation
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler("cuda") if cfg.loop.amp == "fp16" else None
-    steps_per_epoch = len(data.train) // (cfg.data.batch_size * info.world_size)
+    steps_per_epoch = math.ceil(len(data.train) / info.world_size) // cfg.data.batch_size  # per rank, drop_last
     if steps_per_epoch == 0:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} x {info.world_size} process(es) exceeds the "
                          f"{len(data.train)} training images")
@@ -186,6 +187,8 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     if resume_file is not None:
         progress = load_checkpoint(resume_file, model=model, optimizer=optimizer, ema=ema)
         start_epoch, step, best_acc = progress["epoch"], progress["step"], progress["best_accuracy"]
+        # best.safetensors may come from an epoch after the last full checkpoint: never overwrite it with worse.
+        best_acc = max(best_acc, _saved_best_accuracy(run_dir / "best.safetensors"))
         history = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch]
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +209,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     # loop
     started = time.perf_counter()
     total_skipped = 0
-    last_acc = history[-1]["val_acc"] if history else float("nan")
+    last_acc = next((r["val_acc"] for r in reversed(history) if "val_acc" in r), float("nan"))
     try:
         for epoch in range(start_epoch, cfg.loop.epochs):
             epoch_seed = cfg.loop.seed * 1_000_003 + epoch
@@ -255,6 +258,15 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     return RunResult(run_dir, best_acc, last_acc, len(history), seconds)
 
 
+def _saved_best_accuracy(path: Path) -> float:
+    if not path.is_file():
+        return -1.0
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return float(json.loads((f.metadata() or {}).get("val_acc", "-1")))
+
+
 def _evaluate(model: torch.nn.Module, dataset: Any, cfg: TrainConfig, info: DistInfo, device: torch.device
               ) -> EpochStats:
     loader = _loader(dataset, cfg, False, info, cfg.loop.seed)
@@ -281,7 +293,8 @@ def _finish(run_dir: Path, cfg: TrainConfig, history: list[dict[str, Any]], mode
             best_acc: float, last_acc: float, seconds: float, skipped: int) -> None:
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}")
     summary = {"model": cfg.model.name, "data": cfg.data.name, "epochs": len(history),
-               "best_val_acc": best_acc, "last_val_acc": last_acc, "params": count_params(model),
+               "best_val_acc": best_acc if best_acc >= 0 else None,
+               "last_val_acc": last_acc if math.isfinite(last_acc) else None, "params": count_params(model),
                "train_seconds": seconds, "skipped_images": skipped}
     atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
     if skipped:
