@@ -83,8 +83,12 @@ def _worker_init(worker_id: int) -> None:
 def _loader(dataset: Any, cfg: TrainConfig, train: bool, info: DistInfo, epoch_seed: int) -> DataLoader:
     batch = cfg.data.batch_size if train else (cfg.data.eval_batch_size or 2 * cfg.data.batch_size)
     generator = torch.Generator().manual_seed(epoch_seed)
-    if info.enabled:
-        sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=train, seed=cfg.loop.seed)
+    if info.enabled and train:
+        sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=cfg.loop.seed)
+    elif info.enabled:
+        # Every image exactly once across ranks (DistributedSampler pads with repeats, which would be scored twice);
+        # uneven shards are fine because evaluation only reduces sums at the end.
+        sampler = range(info.rank, len(dataset), info.world_size)
     elif train:
         sampler = RandomSampler(dataset, generator=generator)
     else:
