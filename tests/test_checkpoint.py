@@ -10,8 +10,9 @@ import pytest
 import timm
 import torch
 
+from visattn.files import atomic_write
 from visattn.models import read_state_dict
-from visattn.training.checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_weights
+from visattn.training.checkpoint import load_checkpoint, save_checkpoint, save_weights
 
 
 def _model_and_optimizer():

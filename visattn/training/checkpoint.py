@@ -12,10 +12,8 @@ killed at any moment leaves either the previous checkpoint or the new one, never
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +23,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-__all__ = ["atomic_write", "save_weights", "save_checkpoint", "load_checkpoint", "unwrap_model"]
+from ..files import atomic_write
 
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync the result, then atomically rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result the mode a plain open() would (or the file's current one).
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+__all__ = ["save_weights", "save_checkpoint", "load_checkpoint", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

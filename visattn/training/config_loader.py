@@ -16,20 +16,20 @@ silently keeping the last one. The dumper shares the float rule, so a string ``'
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import difflib
 import os
 import re
 import reprlib
-import tempfile
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from ..files import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -255,21 +255,7 @@ def save_config(config: Any, path: str | os.PathLike[str], *, extra: Mapping[str
             raise TypeError(f"extra must be a mapping, got {type(extra).__name__}")
         data = {"_meta": _to_plain(extra, "_meta"), **data}
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would leave 0o600
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # data on disk before the rename, so a crash cannot leave an empty config
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def closest_key(key: str, valid: Iterable[str]) -> str | None:

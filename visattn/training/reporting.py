@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write
+from ..files import atomic_write
 
 __all__ = ["append_metrics", "read_metrics", "plot_curves", "summary_table"]
 

@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from ..data.datasets import build_datasets
 from ..data.folder import collate_skipping
+from ..files import atomic_write_text
 from ..utils import count_params
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_weights, unwrap_model
+from .checkpoint import load_checkpoint, save_checkpoint, save_weights, unwrap_model
 from .config import TrainConfig
 from .config_loader import save_config
 from .distributed import DistInfo, barrier, cleanup, init_distributed
@@ -199,8 +200,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
         save_config(cfg, run_dir / "config.yaml", extra={"visattn_version": __version__, "git_hash": _git_hash(),
                                                           "torch_version": str(torch.__version__)})
         if resume_file is not None:  # drop lines of epochs after the checkpoint (an interrupted run's last words)
-            atomic_write(run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(
-                "".join(json.dumps(r) + "\n" for r in history)))
+            atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         print(f"run folder: {run_dir}")
         if inject_report is not None:
             print(inject_report)
@@ -300,7 +300,7 @@ def _finish(run_dir: Path, cfg: TrainConfig, history: list[dict[str, Any]], mode
                "best_val_acc": best_acc if best_acc >= 0 else None,
                "last_val_acc": last_acc if math.isfinite(last_acc) else None, "params": count_params(model),
                "train_seconds": seconds, "skipped_images": skipped}
-    atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if skipped:
         warnings.warn(f"{skipped} unreadable images were skipped (data.on_corrupt='skip')", UserWarning, stacklevel=2)
     print(summary_table([
