@@ -17,14 +17,18 @@ from .conftest import BLOCK_NAMES, randomize_parameters
 SHAPES = [(2, 24, 7, 5), (1, 13, 1, 1), (2, 37, 33, 31)]
 
 
-@pytest.mark.parametrize("name", BLOCK_NAMES)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_shape_kept_and_finite(name, shape):
+def _assert_shape_kept_and_finite(name, shape):
     block = randomize_parameters(visattn.create_block(name, shape[1])).eval()
     x = torch.randn(shape)
     y = block(x)
     assert y.shape == x.shape
     assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_shape_kept_and_finite(name, shape):
+    _assert_shape_kept_and_finite(name, shape)
 
 
 @pytest.mark.parametrize("name", BLOCK_NAMES)
@@ -132,11 +136,7 @@ def test_param_count_matches_formula_for_channel_blocks(name):
     width=st.integers(1, 12),
 )
 def test_property_shape_and_finiteness(name, batch, channels, height, width):
-    block = randomize_parameters(visattn.create_block(name, channels)).eval()
-    x = torch.randn(batch, channels, height, width)
-    y = block(x)
-    assert y.shape == x.shape
-    assert torch.isfinite(y).all()
+    _assert_shape_kept_and_finite(name, (batch, channels, height, width))
 
 
 @pytest.mark.parametrize("name", BLOCK_NAMES)

@@ -66,11 +66,11 @@ def load_weights(
         >>> visattn.load_weights(model, 'resnet50_trained.safetensors')
     """
     state = read_state_dict(source)
-    block_prefixes = tuple(f"{name}." for name, m in model.named_modules() if name and is_block(m)) + allow_missing
+    may_be_missing = tuple(f"{name}." for name, m in model.named_modules() if name and is_block(m)) + allow_missing
     # Check the keys before loading anything, so that a mismatch leaves the model as it was.
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state and not k.startswith(block_prefixes)
+    missing = [k for k in own if k not in state and not k.startswith(may_be_missing)
                and not k.endswith("num_batches_tracked")]  # BatchNorm fills that one itself
     if missing or unexpected:
         raise ValueError(
@@ -79,7 +79,7 @@ def load_weights(
             f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     result = model.load_state_dict(state, strict=False)
-    kept = [k for k in result.missing_keys if k.startswith(block_prefixes)]
+    kept = [k for k in result.missing_keys if k.startswith(may_be_missing)]
     if kept:
         warnings.warn(f"{len(kept)} keys (attention blocks{', ' + ', '.join(allow_missing) if allow_missing else ''}) "
                       f"were not in the checkpoint and keep their initial values",
