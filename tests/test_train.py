@@ -15,7 +15,8 @@ from visattn.training.loop import TrainingDiverged
 from visattn.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.num_train=384", "data.num_val=192", "data.batch_size=32", "loop.progress=false", "optim.warmup_epochs=0"]
+TINY = ["data.num_train=384", "data.num_val=192", "data.batch_size=32", "loop.progress=false", "optim.warmup_epochs=0",
+        "eval.overlays=0"]
 
 
 def _cfg(tmp_path, *extra):
@@ -34,7 +35,7 @@ def _comparable(records):
 @pytest.mark.slow
 def test_short_run_learns_and_writes_its_files(tmp_path):
     result = train(_cfg(tmp_path, "loop.epochs=8", "data.num_train=4000", "data.num_val=1000", "data.batch_size=128",
-                        "optim.lr=0.2"), config_path="quick.yaml")
+                        "optim.lr=0.2", "eval.overlays=3"), config_path="quick.yaml")
     records = _metrics(result.run_dir)
     assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.25  # log(10) = 2.30 is the untrained loss
     assert result.best_accuracy > 0.2  # chance is 0.1; the full quickstart (34 epochs of 8000) reaches >= 0.95
@@ -44,6 +45,10 @@ def test_short_run_learns_and_writes_its_files(tmp_path):
     assert len(records) == 8
     saved = (result.run_dir / "config.yaml").read_text()
     assert "visattn_version" in saved and "num_train: 4000" in saved
+    # The run ends with overlays of the best weights, rebuilt from the run folder alone.
+    manifest = json.loads((result.run_dir / "overlays" / "manifest.json").read_text())
+    assert len(manifest["images"]) == 3 and (result.run_dir / "overlays" / "index.html").is_file()
+    assert manifest["run"]["weights"] == str(result.run_dir / "best.safetensors")
 
 
 def test_same_seed_same_metrics_and_new_run_folder(tmp_path):

@@ -1,4 +1,4 @@
-"""``visattn`` command line: ``train`` from a YAML config, ``blocks`` lists the registry, ``bench blocks``."""
+"""``visattn`` command line: ``train``, ``overlay``, ``evaluate-cams``, ``blocks`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _load_trained(args: argparse.Namespace) -> object:
+    from .training.trained import load_trained
+
+    return load_trained(args.source, config=args.config, overrides=args.set or [], device=args.device)
+
+
+def _cmd_overlay(args: argparse.Namespace) -> int:
+    import json
+
+    from .cam import canonical_cam_name
+    from .data.datasets import build_datasets, raw_images
+    from .export.explain import overlay_files
+
+    if not args.images and not args.samples:
+        print("visattn overlay: give image files / folders / globs, or --samples N for validation images",
+              file=sys.stderr)
+        return 2
+    try:
+        methods = [canonical_cam_name(m) for m in _split(args.methods)]
+        trained = _load_trained(args)
+        samples = raw_images(build_datasets(trained.config.data).val, args.samples) if args.samples else []
+        blocks = None if args.blocks.lower() == "none" else _split(args.blocks)
+        manifest = overlay_files(trained, args.out, sources=args.images, images=samples, methods=methods,
+                                 target_layers=args.layers, block_patterns=blocks, alpha=args.alpha, cmap=args.cmap,
+                                 batch_size=args.batch_size, progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as err:
+        print(f"visattn overlay: {err}", file=sys.stderr)
+        return 2
+    data = json.loads(manifest.read_text())
+    print(f"{len(data['images'])} images explained with {', '.join(methods)}; {len(data['errors'])} unreadable")
+    for e in data["errors"]:
+        print(f"  unreadable: {e['source']}: {e['error']}")
+    print(f"gallery: {manifest.parent / 'index.html'}")
+    return 0
+
+
 def _cmd_bench_blocks(args: argparse.Namespace) -> int:
     from .bench.blocks import run_block_benchmark
 
@@ -68,6 +108,16 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="run folder (config.yaml + best.safetensors) or a weights file from "
+                                       "'visattn train' (e.g. weights/quickstart_resnet18_cbam_shapes.safetensors)")
+    parser.add_argument("--config", "-c", default=None, help="YAML config, for weights that do not carry theirs")
+    parser.add_argument("--set", action="append", metavar="key=value", help="config override (repeatable)")
+    parser.add_argument("--layers", nargs="+", default=None, metavar="NAME",
+                        help="target layer name(s) or patterns (default: the last spatial stage)")
+    parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the ``visattn`` command."""
     parser = argparse.ArgumentParser(prog="visattn", description=__doc__)
@@ -81,6 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                        help="continue the run folder this config names, or the given run folder / checkpoint")
     train.set_defaults(func=_cmd_train)
+
+    overlay = sub.add_parser(
+        "overlay", help="CAM and attention-block overlays of images, with a gallery",
+        description="Explain images with a trained model: overlays per method, a grid per image, manifest.json and an "
+                    "offline index.html. Preprocessing is the training config's eval transform.")
+    _add_model_args(overlay)
+    overlay.add_argument("images", nargs="*", help="image files, folders or glob patterns (any size, JPEG/PNG/WebP/…)")
+    overlay.add_argument("--samples", type=int, default=0, metavar="N",
+                         help="also explain the first N validation images of the config's data (e.g. built-in shapes)")
+    overlay.add_argument("--out", "-o", default="overlays", help="output folder (default ./overlays)")
+    overlay.add_argument("--methods", default="gradcam,gradcam++,layercam,eigencam",
+                         help="comma-separated CAM methods: gradcam, gradcam++, xgradcam, hirescam, layercam, "
+                              "scorecam, eigencam")
+    overlay.add_argument("--blocks", default="*",
+                         help="module-name patterns of attention blocks whose own maps to show, or 'none'")
+    overlay.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity (default 0.5)")
+    overlay.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
+    overlay.add_argument("--batch-size", type=int, default=16)
+    overlay.set_defaults(func=_cmd_overlay)
 
     blocks = sub.add_parser("blocks", help="list the registered attention blocks")
     blocks.add_argument("--channels", type=int, default=256, help="width used for the parameter count (default 256)")

@@ -169,6 +169,25 @@ class PixelSelfAttention(nn.Module):
             return q @ (k.transpose(-1, -2) @ v / n_kv)
         return self._attend_concat(q, k, v) / n_kv
 
+    def query_attention(self, x: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Attention weights ``f(q_i, k_j) / C(x)`` of the query positions ``query`` (flat indices into ``H*W``) over
+        every key, averaged over heads: ``(B, len(query), N_kv)``. For reading the block's own maps, not for training.
+        """
+        q, k, _ = self.qkv(x)
+        q = q[:, :, query]  # (B, h, P, d)
+        n_kv = k.shape[-2]
+        if self.pairwise in _SOFTMAX:
+            weights = (q @ k.transpose(-1, -2) * self.scale).float().softmax(-1)
+        elif self.pairwise == "dot":
+            weights = (q @ k.transpose(-1, -2)).float() / n_kv
+        else:  # concat: ReLU(w_q . q_i + w_k . k_j) / N
+            d = q.shape[-1]
+            w = self.concat_weight.float()[None, :, None, :]
+            a = (q.float() * w[..., :d]).sum(-1)
+            b = (k.float() * w[..., d:]).sum(-1)
+            weights = (a[..., :, None] + b[..., None, :]).relu() / n_kv
+        return weights.mean(1)
+
     def _attend_concat(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         d = q.shape[-1]
         # Prefix sums run over up to N keys: accumulate in at least float32 whatever the input dtype.

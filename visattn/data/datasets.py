@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ..training.config import DataConfig
 from .cifar import load_cifar
-from .folder import ImageFileDataset, scan_image_folder, scan_tiny_imagenet_val
+from .folder import ImageFileDataset, read_rgb, scan_image_folder, scan_tiny_imagenet_val
 from .synthetic import ShapesDataset
 from .transforms import build_transform
 
@@ -37,6 +37,18 @@ class ArrayDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         return image, self.targets[index]
+
+
+def raw_images(dataset: Dataset, count: int) -> list[tuple[str, np.ndarray]]:
+    """The first ``count`` images of a data set as ``(name, RGB uint8)``, before any transform (for overlays)."""
+    count = min(count, len(dataset))  # type: ignore[arg-type]
+    if isinstance(dataset, ShapesDataset):
+        return [(f"val_{i:04d}", dataset.sample(i).image) for i in range(count)]
+    if isinstance(dataset, ArrayDataset):
+        return [(f"val_{i:04d}", dataset.images[i]) for i in range(count)]
+    if isinstance(dataset, ImageFileDataset):
+        return [(path, read_rgb(path)) for path, _ in dataset.samples[:count]]
+    raise TypeError(f"cannot read raw images from {type(dataset).__name__}")
 
 
 @dataclass

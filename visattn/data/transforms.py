@@ -17,7 +17,7 @@ from albumentations.pytorch import ToTensorV2
 
 from ..training.config import DataConfig
 
-__all__ = ["build_transform", "transforms_from_list"]
+__all__ = ["build_transform", "eval_geometry", "normalize_to_tensor", "transforms_from_list"]
 
 
 def transforms_from_list(specs: Sequence[dict[str, Any]], arg: str = "transforms") -> list[A.BasicTransform]:
@@ -80,9 +80,28 @@ def build_transform(cfg: DataConfig, train: bool, native_size: int | None = None
         train: the training pipeline (augmenting) or the evaluation one.
         native_size: the data set's own square image size, if it has one, to skip a no-op resize.
     """
+    return A.Compose([*_geometry_steps(cfg, train, native_size), *_normalize_steps(cfg)])
+
+
+def eval_geometry(cfg: DataConfig, native_size: int | None = None) -> A.Compose:
+    """The eval pipeline without its normalisation: uint8 ``(H, W, 3)`` in, the image as the model sees it out.
+
+    Overlays draw on this image, so they line up with the model input pixel for pixel.
+    """
+    return A.Compose(_geometry_steps(cfg, False, native_size))
+
+
+def normalize_to_tensor(cfg: DataConfig) -> A.Compose:
+    """``Normalize(mean, std)`` then ``ToTensorV2``: the last steps of every pipeline."""
+    return A.Compose(_normalize_steps(cfg))
+
+
+def _normalize_steps(cfg: DataConfig) -> list[A.BasicTransform]:
+    return [A.Normalize(mean=cfg.mean, std=cfg.std), ToTensorV2()]
+
+
+def _geometry_steps(cfg: DataConfig, train: bool, native_size: int | None) -> list[A.BasicTransform]:
     explicit = cfg.train_transforms if train else cfg.eval_transforms
     if explicit is not None:
-        steps = transforms_from_list(explicit, "data.train_transforms" if train else "data.eval_transforms")
-    else:
-        steps = _preset(cfg, train, native_size)
-    return A.Compose([*steps, A.Normalize(mean=cfg.mean, std=cfg.std), ToTensorV2()])
+        return transforms_from_list(explicit, "data.train_transforms" if train else "data.eval_transforms")
+    return _preset(cfg, train, native_size)

@@ -130,9 +130,11 @@ class LoopConfig:
 
 @dataclass
 class EvalConfig:
-    """When to evaluate."""
+    """When to evaluate, and what to explain at the end."""
 
     every: int = 1  # epochs
+    overlays: int = 0  # at the end, write CAM overlays of this many validation images into <run>/overlays
+    overlay_methods: list[str] = field(default_factory=lambda: ["gradcam", "gradcam++", "layercam", "eigencam"])
 
 
 @dataclass

@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "load_config",
     "parse_overrides",
+    "merge_overrides",
     "format_override",
     "config_from_dict",
     "config_to_dict",
@@ -172,6 +173,11 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             value = {part: value}
         result = _deep_merge(result, value)
     return result
+
+
+def merge_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``data`` (a nested config mapping) with ``key=value`` overrides deep-merged over it."""
+    return _deep_merge(data, parse_overrides(overrides)) if overrides else dict(data)
 
 
 def format_override(key: str, value: Any) -> str:

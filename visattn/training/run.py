@@ -33,6 +33,7 @@ from .loop import EpochStats, Schedule, evaluate, train_one_epoch
 from .model import build_model
 from .optim import build_optimizer
 from .reporting import append_metrics, plot_curves, read_metrics, summary_table
+from .trained import weights_metadata
 
 __all__ = ["RunResult", "train", "resolve_device"]
 
@@ -246,7 +247,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
                 if improved:
                     best_acc = record["val_acc"]
                     save_weights(run_dir / "best.safetensors", unwrap_model(model).state_dict(),
-                                 {"epoch": epoch + 1, "val_acc": best_acc, "model": cfg.model.name})
+                                 weights_metadata(cfg, data.classes, epoch=epoch + 1, val_acc=best_acc))
                 if (epoch + 1) % cfg.checkpoint.every == 0 or last_epoch:
                     save_checkpoint(run_dir / "last.safetensors", model=model, optimizer=optimizer, ema=ema,
                                     progress={"epoch": epoch + 1, "step": step, "best_accuracy": best_acc})
@@ -259,7 +260,20 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     seconds = time.perf_counter() - started
     if info.is_main:
         _finish(run_dir, cfg, history, model, best_acc, last_acc, seconds, total_skipped)
+        if cfg.eval.overlays > 0 and (run_dir / "best.safetensors").is_file():
+            _write_overlays(run_dir, cfg, data.val)
     return RunResult(run_dir, best_acc, last_acc, len(history), seconds)
+
+
+def _write_overlays(run_dir: Path, cfg: TrainConfig, val: Any) -> None:
+    from ..data.datasets import raw_images
+    from ..export.explain import overlay_files
+    from .trained import load_trained
+
+    trained = load_trained(run_dir)  # the best weights, rebuilt exactly as `visattn overlay` would
+    manifest = overlay_files(trained, run_dir / "overlays", images=raw_images(val, cfg.eval.overlays),
+                             methods=cfg.eval.overlay_methods)
+    print(f"overlays of {cfg.eval.overlays} validation images: {manifest.parent / 'index.html'}", flush=True)
 
 
 def _saved_best_accuracy(path: Path) -> float:

@@ -1,0 +1,189 @@
+"""visattn.export.writer: the overlay folder, its manifest and gallery, name collisions, errors and re-runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visattn.export import OverlayItem, blend, render_index_html, write_overlays
+
+
+def make_item(source: str, seed: int = 0, size: int = 16, cams=("gradcam", "gradcam++"),
+              block_maps=("layer4.0.se.spatial",), **kwargs) -> OverlayItem:
+    rng = np.random.default_rng(seed)
+    fields = {
+        "image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "cams": {name: rng.random((size // 2, size // 2)).astype(np.float32) for name in cams},
+        "block_maps": {name: rng.random((size, size)).astype(np.float32) for name in block_maps},
+        "label": "circle",
+        "probability": 0.973,
+        **kwargs,
+    }
+    return OverlayItem(source, **fields)
+
+
+def listed_files(entry: dict) -> list[str]:
+    files = entry["files"]
+    return [files["original"], files["grid"], *files["cams"].values(), *files["block_maps"].values()]
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_every_item_is_written_and_listed(tmp_path):
+    items = [make_item("data/one.jpg", seed=1, extra={"target": np.int64(3), "score": np.float32(0.5)}),
+             make_item("data/two.png", seed=2)]
+    manifest_path = write_overlays(tmp_path / "out", items, run_info={"model": "resnet18", "methods": ["gradcam"]})
+    out = tmp_path / "out"
+    assert manifest_path == out / "manifest.json" and (out / "index.html").is_file()
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    assert manifest["run"] == {"model": "resnet18", "methods": ["gradcam"]}
+    assert [e["source"] for e in manifest["images"]] == ["data/one.jpg", "data/two.png"]
+    first = manifest["images"][0]
+    assert first["label"] == "circle" and first["probability"] == pytest.approx(0.973)
+    assert first["extra"] == {"target": 3, "score": 0.5}
+    assert set(first["files"]["cams"]) == {"gradcam", "gradcam++"}
+    assert set(first["files"]["block_maps"]) == {"layer4.0.se.spatial"}
+    for entry in manifest["images"]:
+        for relative in listed_files(entry):
+            assert not Path(relative).is_absolute() and (out / relative).is_file(), relative
+    # The PNGs hold what they claim: the image itself, and its blend with each map.
+    np.testing.assert_array_equal(read_png(out / first["files"]["original"]), items[0].image)
+    np.testing.assert_array_equal(read_png(out / first["files"]["cams"]["gradcam"]),
+                                  blend(items[0].image, items[0].cams["gradcam"]))
+    grid = read_png(out / first["files"]["grid"])
+    assert grid.shape[0] > 128 and grid.shape[1] > 4 * 128  # original + 3 maps, each upscaled from 16 px
+
+
+@pytest.mark.parametrize("sources", [("a/cat.jpg", "b/cat.jpg"), ("Cat.jpg", "cat.png"), ("x/manifest.json.png",)])
+def test_same_stem_does_not_overwrite(tmp_path, sources):
+    items = [make_item(source, seed=i) for i, source in enumerate(sources)]
+    manifest = json.loads(write_overlays(tmp_path, items).read_text(encoding="utf-8"))
+    folders = [entry["folder"] for entry in manifest["images"]]
+    assert len({folder.casefold() for folder in folders}) == len(sources)  # distinct even on macOS / Windows
+    assert "manifest.json" not in folders and (tmp_path / "manifest.json").is_file()
+    for item, entry in zip(items, manifest["images"], strict=True):
+        np.testing.assert_array_equal(read_png(tmp_path / entry["files"]["original"]), item.image)
+
+
+def test_unsafe_and_unicode_names_stay_inside_their_folder(tmp_path):
+    item = make_item("../up/my cat ü:1.png", cams=("grad/cam", "original", "grid"), block_maps=("a\\b",))
+    manifest = json.loads(write_overlays(tmp_path / "out", [item]).read_text(encoding="utf-8"))
+    entry = manifest["images"][0]
+    assert entry["folder"] == "my cat ü_1"
+    paths = listed_files(entry)
+    assert len(set(paths)) == len(paths) == 6  # a map named "original" or "grid" gets its own file
+    for relative in paths:
+        assert (tmp_path / "out" / relative).resolve().parent == (tmp_path / "out" / entry["folder"]).resolve()
+    np.testing.assert_array_equal(read_png(tmp_path / "out" / entry["files"]["original"]), item.image)
+
+
+def test_errors_appear_in_manifest_and_html(tmp_path):
+    errors = [{"source": "bad <1>.jpg", "error": "OSError: cannot identify image file"}]
+    manifest_path = write_overlays(tmp_path, [make_item("ok.png")], errors=errors)
+    assert json.loads(manifest_path.read_text(encoding="utf-8"))["errors"] == errors
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "bad &lt;1&gt;.jpg" in html and "cannot identify image file" in html and "bad <1>" not in html
+
+
+def test_errors_appended_while_items_stream_are_recorded(tmp_path):
+    errors: list[dict[str, str]] = []
+
+    def items():
+        yield make_item("first.png")
+        errors.append({"source": "broken.jpg", "error": "truncated"})
+        assert (tmp_path / "first" / "grid.png").is_file()  # the first item was written before the next was asked for
+        yield make_item("second.png")
+
+    manifest = json.loads(write_overlays(tmp_path, items(), errors=errors).read_text(encoding="utf-8"))
+    assert [e["source"] for e in manifest["images"]] == ["first.png", "second.png"]
+    assert manifest["errors"] == [{"source": "broken.jpg", "error": "truncated"}]
+
+
+def test_html_escapes_text_and_quotes_paths(tmp_path):
+    write_overlays(tmp_path, [make_item("my pic #1 ü.png", label="<script>alert(1)</script>")],
+                   run_info={"model": "m&m"})
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "<script>" not in html and "&lt;script&gt;" in html and "m&amp;m" in html
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert sources == ["my%20pic%20_1%20%C3%BC/grid.png"]  # "#" is not kept in folder names
+    for href in re.findall(r'href="([^"]+)"', html):
+        assert (tmp_path / unquote(href)).is_file(), href
+
+
+def test_gallery_quotes_url_special_characters():
+    files = {"original": "a#b?/o.png", "grid": "a#b?/g.png", "cams": {"x": "a#b?/x y.png"}, "block_maps": {}}
+    html = render_index_html({"images": [{"source": "s", "label": "l", "probability": 0.5, "files": files}]})
+    assert '<img src="a%23b%3F/g.png"' in html and 'href="a%23b%3F/x%20y.png"' in html and "50.0 %" in html
+
+
+def test_empty_run_writes_an_empty_gallery(tmp_path):
+    manifest = json.loads(write_overlays(tmp_path / "out", []).read_text(encoding="utf-8"))
+    assert manifest["images"] == [] and manifest["errors"] == []
+    assert "No images were exported" in (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+
+
+def test_rerun_replaces_previous_run_and_keeps_user_files(tmp_path):
+    write_overlays(tmp_path, [make_item("a.png", seed=1), make_item("b.png")])
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "a" / "my.png").write_bytes(b"mine")
+    new_a = make_item("a.png", seed=5, cams=("gradcam",), block_maps=())
+    manifest = json.loads(write_overlays(tmp_path, [new_a]).read_text(encoding="utf-8"))
+    assert [e["folder"] for e in manifest["images"]] == ["a"]
+    np.testing.assert_array_equal(read_png(tmp_path / "a" / "original.png"), new_a.image)
+    assert not (tmp_path / "b").exists()  # the old run's folder, emptied of its listed files, is gone
+    assert not (tmp_path / "a" / "gradcam_.png").exists() and not (tmp_path / "a" / "layer4.0.se.spatial.png").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "a" / "my.png").read_bytes() == b"mine"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+    write_overlays(tmp_path, [make_item("a.png")], progress=True)
+    assert "overlays" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"alpha": 2.0}, ValueError, "alpha must lie in"),
+    ({"cmap": "no_such_map"}, ValueError, "cmap 'no_such_map'"),
+    ({"run_info": {"model": object()}}, TypeError, "run_info must be JSON-able"),
+    ({"errors": [{"source": "x.jpg"}]}, ValueError, r"errors\[0\] must be a mapping with 'source' and 'error'"),
+])
+def test_bad_arguments_fail_before_any_item_is_read(tmp_path, kwargs, error, match):
+    def items():
+        raise AssertionError("items were read before the arguments were checked")
+        yield  # pragma: no cover
+
+    with pytest.raises(error, match=match):
+        write_overlays(tmp_path, items(), **kwargs)
+
+
+@pytest.mark.parametrize(("item", "error", "match"), [
+    (make_item("p.png", probability=1.5), ValueError, r"source='p.png'.*probability must be a number in \[0, 1\]"),
+    (make_item("e.png", extra={"loss": float("nan")}), ValueError, r"source='e.png'.*extra holds NaN"),
+    (make_item("i.png", image=np.zeros((4, 4), np.uint8)), ValueError, r"source='i.png'.*image must have shape"),
+    ("not an item", TypeError, "items must yield OverlayItem objects, got str"),
+])
+def test_bad_items_are_named(tmp_path, item, error, match):
+    with pytest.raises(error, match=match):
+        write_overlays(tmp_path, [item])
+
+
+def test_item_without_cams_writes_its_block_maps(tmp_path):
+    manifest = json.loads(write_overlays(tmp_path, [make_item("c.png", cams=())]).read_text(encoding="utf-8"))
+    files = manifest["images"][0]["files"]
+    assert files["cams"] == {} and (tmp_path / files["block_maps"]["layer4.0.se.spatial"]).is_file()
+
+
+def test_bad_map_is_named_with_its_item_and_name(tmp_path):
+    item = make_item("m.png")
+    item.block_maps["layer4.0.se.spatial"] = item.block_maps["layer4.0.se.spatial"] * 3
+    with pytest.raises(ValueError, match=r"source='m.png'.*block_maps\['layer4.0.se.spatial'\].*\[0, 1\]"):
+        write_overlays(tmp_path, [item])

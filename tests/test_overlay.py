@@ -1,0 +1,94 @@
+"""`visattn overlay` and the quickstart weights: from a weights file alone to a gallery, bad files included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from visattn.cli import main
+from visattn.data.synthetic import CLASSES, ShapesDataset
+from visattn.data.transforms import build_transform
+from visattn.training.checkpoint import save_weights
+from visattn.training.trained import load_trained
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights" / "quickstart_resnet18_cbam_shapes.safetensors"
+
+
+def test_shipped_weights_rebuild_the_quickstart_model() -> None:
+    trained = load_trained(WEIGHTS)
+    assert trained.classes == list(CLASSES)
+    assert trained.config.model.name == "resnet18_cbam" and not trained.model.training
+    # It is the trained model: nearly every validation image right (the model card says 96.3 % of 2,000).
+    data = ShapesDataset("val", num_samples=200, image_size=32, seed=0,
+                         transform=build_transform(trained.config.data, train=False, native_size=32))
+    x = torch.stack([data[i][0] for i in range(200)])
+    y = torch.tensor([data[i][1] for i in range(200)])
+    with torch.no_grad():
+        accuracy = (trained.model(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.9
+
+
+def test_weights_without_config_need_one(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.safetensors"
+    save_weights(bare, load_file(str(WEIGHTS)))
+    with pytest.raises(ValueError, match="carries no training config.*--config"):
+        load_trained(bare)
+    trained = load_trained(bare, config=ROOT / "configs" / "quickstart.yaml")
+    assert trained.classes == [f"class_{i}" for i in range(10)]  # names live in the metadata only
+    with pytest.raises(FileNotFoundError, match="neither a run folder nor a weights file"):
+        load_trained(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="has no best.safetensors"):
+        load_trained(tmp_path)
+
+
+def _write_inputs(folder: Path) -> list[str]:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(folder / "photo.jpg")
+    Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(folder / "grey.png")
+    Image.fromarray(rng.integers(0, 255, (33, 31, 4), dtype=np.uint8), "RGBA").save(folder / "alpha.webp")
+    Image.fromarray(rng.integers(0, 65535, (20, 24), dtype=np.uint16)).save(folder / "deep.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    return ["photo", "grey", "alpha", "deep"]
+
+
+def test_overlay_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stems = _write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    code = main(["overlay", str(WEIGHTS), str(tmp_path / "in"), "--samples", "2", "--out", str(out),
+                 "--methods", "gradcam,scorecam", "--batch-size", "3"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "6 images explained with gradcam, scorecam; 1 unreadable" in printed and "broken.jpg" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["images"]) == 6
+    assert manifest["run"]["methods"] == ["gradcam", "scorecam"] and manifest["run"]["target_layers"] == ["layer4"]
+    assert [e["source"].endswith("broken.jpg") for e in manifest["errors"]] == [True]
+    sources = [Path(e["source"]).stem for e in manifest["images"]]
+    assert sorted(sources[:4]) == sorted(stems) and sources[4:] == ["val_0000", "val_0001"]
+    for entry in manifest["images"]:
+        assert entry["label"] in CLASSES and 0 < entry["probability"] <= 1
+        files = [entry["files"]["grid"], *entry["files"]["cams"].values(), *entry["files"]["block_maps"].values()]
+        assert len(entry["files"]["block_maps"]) == 4  # one spatial gate per CBAM block
+        for rel in files:
+            with Image.open(out / rel) as im:
+                assert im.size[0] > 0
+        with Image.open(out / entry["files"]["original"]) as im:
+            assert im.size == (32, 32)  # the eval transform's output, which the maps are drawn on
+    assert (out / "index.html").read_text().count("<img") >= 6
+
+
+def test_overlay_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["overlay", str(WEIGHTS)]) == 2
+    assert "--samples N" in capsys.readouterr().err
+    assert main(["overlay", str(WEIGHTS), "--samples", "1", "--methods", "gradcan"]) == 2
+    assert "did you mean 'gradcam'" in capsys.readouterr().err
+    assert main(["overlay", str(WEIGHTS), str(tmp_path / "nothing*.png")]) == 2
+    assert "nothing*.png" in capsys.readouterr().err

@@ -1,0 +1,164 @@
+"""From images to :class:`OverlayItem`: the eval preprocessing, every CAM method and the blocks' own maps, batched.
+
+This is where the model meets the export layer; ``visattn overlay`` and the quickstart both go through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cam import block_maps, create_cam
+from ..cam.base import BaseCAM
+from ..cam.layers import LayerSpec, resolve_layers
+from ..data.transforms import eval_geometry, normalize_to_tensor
+from ..training.trained import TrainedModel
+from ..utils import model_device_dtype
+from .images import expand_image_sources, load_image
+from .writer import OverlayItem, write_overlays
+
+__all__ = ["DEFAULT_METHODS", "explain_images", "overlay_files", "read_sources"]
+
+DEFAULT_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
+
+
+def read_sources(sources: Sequence[str | Path], errors: list[dict[str, str]]) -> Iterator[tuple[str, np.ndarray]]:
+    """``(path, RGB uint8 image)`` for files, folders and globs, read lazily; unreadable files go to ``errors``.
+
+    Raises:
+        FileNotFoundError: now, not when iterated, if a source matches no file.
+    """
+    paths = expand_image_sources(sources)
+
+    def read() -> Iterator[tuple[str, np.ndarray]]:
+        for path in paths:
+            try:
+                yield str(path), load_image(path)
+            except (OSError, ValueError) as err:
+                errors.append({"source": str(path), "error": str(err)})
+    return read()
+
+
+def explain_images(
+        trained: TrainedModel,
+        images: Iterable[tuple[str, np.ndarray]],
+        *,
+        methods: Sequence[str] = DEFAULT_METHODS,
+        target_layers: LayerSpec = None,
+        block_patterns: str | Sequence[str] | None = "*",
+        batch_size: int = 16,
+) -> Iterator[OverlayItem]:
+    """Explain ``(name, RGB uint8 image)`` pairs with every method, preprocessed as the model was evaluated.
+
+    Args:
+        trained: from :func:`visattn.training.trained.load_trained`.
+        images: ``(source name, (H, W, 3) uint8)`` pairs of any size; the training config's eval resize/crop runs
+            first, and overlays are drawn on its output.
+        methods: CAM names (see :func:`visattn.cam.list_cams`); each explains the predicted class.
+        target_layers: as for :func:`visattn.cam.create_cam`; None for the last spatial stage.
+        block_patterns: module-name patterns for the attention blocks' own maps; None for none.
+        batch_size: images per forward pass.
+
+    Yields:
+        One :class:`OverlayItem` per image, in order.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    geometry, normalize = eval_geometry(trained.config.data), normalize_to_tensor(trained.config.data)
+    device, _ = model_device_dtype(trained.model)
+    cams = {name: create_cam(name, trained.model, target_layers) for name in methods}
+    iterator = iter(images)
+    while batch := list(islice(iterator, batch_size)):
+        shown = [geometry(image=image)["image"] for _, image in batch]
+        sizes = {im.shape[:2] for im in shown}
+        if len(sizes) > 1:
+            raise ValueError(f"the eval transform of {trained.config.model.name} gives images of different sizes "
+                             f"{sorted(sizes)}; set data.eval_transforms to resize to one size")
+        x = torch.stack([normalize(image=im)["image"] for im in shown]).to(device)
+        yield from _explain_batch(trained, cams, [name for name, _ in batch], shown, x, block_patterns)
+
+
+def _explain_batch(trained: TrainedModel, cams: dict[str, BaseCAM], names: list[str], shown: list[np.ndarray],
+                   x: torch.Tensor, block_patterns: str | Sequence[str] | None) -> Iterator[OverlayItem]:
+    results = {name: cam.explain(x) for name, cam in cams.items()}
+    attention = block_maps(trained.model, x, patterns=block_patterns) if block_patterns else None
+    logits = next(iter(results.values())).logits if results else attention.logits  # type: ignore[union-attr]
+    probs = logits.float().softmax(1)
+    top_p, top_c = probs.max(1)
+    spatial = attention.spatial_maps() if attention is not None else {}
+    for i, name in enumerate(names):
+        extra: dict[str, Any] = {"class_index": int(top_c[i]),
+                                 "top5": _top5(probs[i], trained.classes)}
+        if attention is not None and attention.channel:
+            # Channel gates have no place in a picture; keep each block's most excited channels for the manifest.
+            extra["channel_gates_top5"] = {block: [int(c) for c in w[i].topk(min(5, w.shape[1])).indices]
+                                           for block, w in attention.channel.items()}
+        yield OverlayItem(
+            source=name, image=shown[i],
+            cams={m: r.maps[i].float().cpu().numpy() for m, r in results.items()},
+            block_maps={b: m[i].float().cpu().numpy() for b, m in spatial.items()},
+            label=trained.classes[int(top_c[i])], probability=float(top_p[i]), extra=extra)
+
+
+def _top5(probs: torch.Tensor, classes: Sequence[str]) -> list[dict[str, Any]]:
+    p, c = probs.topk(min(5, probs.numel()))
+    return [{"class": classes[int(j)], "probability": round(float(q), 6)} for q, j in zip(p, c, strict=True)]
+
+
+def overlay_files(
+        trained: TrainedModel,
+        out_dir: str | Path,
+        *,
+        sources: Sequence[str | Path] = (),
+        images: Iterable[tuple[str, np.ndarray]] = (),
+        methods: Sequence[str] = DEFAULT_METHODS,
+        target_layers: LayerSpec = None,
+        block_patterns: str | Sequence[str] | None = "*",
+        alpha: float = 0.5,
+        cmap: str = "jet",
+        batch_size: int = 16,
+        progress: bool = False,
+        run_info: dict[str, Any] | None = None,
+) -> Path:
+    """Explain images and write overlays, grids, ``manifest.json`` and ``index.html`` into ``out_dir``.
+
+    Args:
+        trained: the model, its config and class names.
+        out_dir: output folder (created).
+        sources: image files, folders or glob patterns, read lazily.
+        images: already-loaded ``(name, RGB uint8)`` pairs, explained after ``sources``.
+        methods, target_layers, block_patterns, batch_size: as :func:`explain_images`.
+        alpha: overlay opacity in ``[0, 1]``.
+        cmap: matplotlib colormap name.
+        progress: show a progress bar.
+        run_info: extra entries for the manifest's run section.
+
+    Returns:
+        The path of ``manifest.json``. Unreadable files are listed there and in the gallery, not raised.
+
+    Example:
+        >>> trained = load_trained("weights/quickstart_resnet18_cbam_shapes.safetensors")
+        >>> overlay_files(trained, "overlays", sources=["photos/"])  # doctest: +SKIP
+    """
+    import timm
+
+    from .. import __version__
+
+    errors: list[dict[str, str]] = []
+    everything = chain(read_sources(sources, errors) if sources else (), images)
+    try:
+        layers: Any = [name for name, _ in resolve_layers(trained.model, target_layers)]
+    except ValueError:  # a model without timm's feature_info: found by probing at the first batch
+        layers = "auto"
+    info = {"model": trained.config.model.name, "weights": str(trained.weights), "methods": list(methods),
+            "target_layers": layers, "block_patterns": block_patterns,
+            "image_size": trained.config.data.image_size, "versions": {
+                "visattn": __version__, "torch": torch.__version__, "timm": timm.__version__}, **(run_info or {})}
+    items = explain_images(trained, everything, methods=methods, target_layers=target_layers,
+                           block_patterns=block_patterns, batch_size=batch_size)
+    return write_overlays(out_dir, items, alpha=alpha, cmap=cmap, run_info=info, errors=errors, progress=progress)
