@@ -92,3 +92,16 @@ def test_overlay_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "did you mean 'gradcam'" in capsys.readouterr().err
     assert main(["overlay", str(WEIGHTS), str(tmp_path / "nothing*.png")]) == 2
     assert "nothing*.png" in capsys.readouterr().err
+
+
+def test_registered_variant_points_at_the_shipped_weights() -> None:
+    import timm
+
+    assert "resnet18_cbam_quickstart.shapes" in timm.list_pretrained("*quickstart*")
+    model = timm.create_model("resnet18_cbam_quickstart", pretrained=True).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), load_trained(WEIGHTS).model(x), rtol=0, atol=0)
+    missing = {"file": str(WEIGHTS.with_name("absent.safetensors"))}
+    with pytest.raises(FileNotFoundError, match="absent.safetensors is missing"):
+        timm.create_model("resnet18_cbam_quickstart", pretrained=True, pretrained_cfg_overlay=missing)

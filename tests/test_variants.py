@@ -12,7 +12,8 @@ def test_every_block_has_three_timm_variants():
     registered = set(timm.list_models("resnet*"))
     for name in variant_names():
         assert name in registered
-    assert timm.list_models("*cbam*") == ["resnet18_cbam", "resnet34_cbam", "resnet50_cbam"]
+    assert timm.list_models("resnet??_cbam") == ["resnet18_cbam", "resnet34_cbam", "resnet50_cbam"]
+    assert "resnet18_cbam_quickstart" in timm.list_models("*cbam*")  # the one with shipped weights
 
 
 @pytest.mark.parametrize("name", variant_names())

@@ -1,5 +1,6 @@
 """Models: timm ``{arch}_{block}`` registrations, the small-input stem, injection into existing ResNets, loading."""
 
+from . import pretrained as _pretrained  # noqa: F401  (registers the models with shipped weights)
 from .inject import Injected, find_residual_blocks, inject
 from .inject_report import InjectionReport, InjectionSite
 from .stem import use_small_input_stem
