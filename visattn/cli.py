@@ -6,6 +6,7 @@ import argparse
 import inspect
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -92,6 +93,24 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_cams(args: argparse.Namespace) -> int:
+    from .cam import canonical_cam_name
+    from .faithfulness.cams import evaluate_cams
+
+    try:
+        methods = [canonical_cam_name(m) for m in _split(args.methods)]
+        trained = _load_trained(args)
+        report = evaluate_cams(trained, methods, num_images=args.num_images, target_layers=args.layers,
+                               out_dir=args.out, sanity=not args.no_sanity, batch_size=args.batch_size,
+                               progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as err:
+        print(f"visattn evaluate-cams: {err}", file=sys.stderr)
+        return 2
+    print(report.table(markdown=args.markdown))
+    print(f"written: {Path(args.out) / 'faithfulness.json'}, {Path(args.out) / 'faithfulness.png'}")
+    return 0
+
+
 def _cmd_bench_blocks(args: argparse.Namespace) -> int:
     from .bench.blocks import run_block_benchmark
 
@@ -120,6 +139,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the ``visattn`` command."""
+    from .bench.cams import add_arguments as add_cam_bench_arguments
+    from .bench.cams import run_from_args as run_cam_bench
+
     parser = argparse.ArgumentParser(prog="visattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -151,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     overlay.add_argument("--batch-size", type=int, default=16)
     overlay.set_defaults(func=_cmd_overlay)
 
+    faith = sub.add_parser(
+        "evaluate-cams", help="faithfulness of CAM methods: deletion/insertion, ROAD, pointing game, sanity check",
+        description="Score CAM methods on the validation images of a trained model's data (object masks for the "
+                    "pointing games come with the built-in shapes data). Writes faithfulness.json and .png.")
+    _add_model_args(faith)
+    faith.add_argument("--methods", default="gradcam,gradcam++,xgradcam,hirescam,layercam,scorecam,eigencam",
+                       help="comma-separated CAM methods (default: all)")
+    faith.add_argument("--num-images", type=int, default=200, help="validation images to score (default 200)")
+    faith.add_argument("--out", "-o", default="faithfulness", help="output folder (default ./faithfulness)")
+    faith.add_argument("--no-sanity", action="store_true", help="skip the model-randomisation sanity check")
+    faith.add_argument("--batch-size", type=int, default=64)
+    faith.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    faith.set_defaults(func=_cmd_evaluate_cams)
+
     blocks = sub.add_parser("blocks", help="list the registered attention blocks")
     blocks.add_argument("--channels", type=int, default=256, help="width used for the parameter count (default 256)")
     blocks.set_defaults(func=_cmd_blocks)
@@ -163,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_blocks.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     bench_blocks.add_argument("--only", default="", help="comma-separated rows, e.g. 'cam,resnet18+cbam'")
     bench_blocks.set_defaults(func=_cmd_bench_blocks)
+    bench_cams = bench_sub.add_parser("cams", help="our CAMs vs pytorch-grad-cam: map agreement (1e-4) and img/s")
+    add_cam_bench_arguments(bench_cams)
+    bench_cams.set_defaults(func=run_cam_bench)
     bench_train = bench_sub.add_parser("train", help="training throughput of ResNet-18 without and with each block")
     bench_train.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
     bench_train.add_argument("--batch-size", type=int, default=128)

@@ -1,0 +1,187 @@
+"""Cascading model-parameter randomisation: does the map depend on what the model learned?
+
+Paper: "Sanity Checks for Saliency Maps", Adebayo et al., NeurIPS 2018, https://arxiv.org/abs/1810.03292 (Sec. 3,
+"cascading randomization"). Starting from the logits, successive layers are re-initialised toward the input and the
+maps are recomputed after each step; a method whose maps stay similar (high rank correlation) is not explaining the
+trained model. Lower correlation is better.
+
+Choices:
+- The randomisation runs on a ``copy.deepcopy`` of the model, taken before the user's model is explained, so hooks an
+  explain function leaves behind are not copied into the randomised model; the user's model is never modified.
+- A step re-initialises every submodule of the named layer with its own ``reset_parameters()`` (PyTorch's default
+  init, as the paper's "re-initialise to the initial distribution"), and fills parameters of modules without one from
+  N(0, 0.02^2) (timm's init scale). The global RNG is forked and seeded with ``seed + step`` (CPU and the model's CUDA
+  devices), so results are reproducible and the caller's RNG state is untouched.
+- The default steps are the model's top-level children that own parameters, last first. For a timm ResNet that is
+  ``fc, layer4, layer3, layer2, layer1, bn1, conv1`` (``bn1`` is its own step because it is its own child).
+- Spearman correlation is Pearson correlation of ranks, with tied values given their average rank (as
+  ``scipy.stats.spearmanr``). A constant map has no ranking; its correlation with anything is reported as 0 rather
+  than NaN, so a method whose maps collapse to all-zeros counts as decorrelated instead of dropping out of the mean.
+- SSIM (also in the paper) is not computed: rank correlation is the paper's headline measure.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..utils import eval_mode
+from .perturbation import Explain, check_batch_size, check_inputs, compute_maps
+
+__all__ = ["SanityResult", "cascading_randomization", "default_sanity_layers", "spearman", "average_ranks"]
+
+_INIT_STD = 0.02
+
+
+@dataclass
+class SanityResult:
+    """Rank correlation between the maps of the model and of its progressively randomised copies.
+
+    Attributes:
+        layers: names randomised, in order; step ``i`` has ``layers[:i + 1]`` randomised.
+        spearman: ``(L, B)`` Spearman correlation per step and image.
+    """
+
+    layers: list[str]
+    spearman: torch.Tensor
+
+    @property
+    def mean_spearman(self) -> torch.Tensor:
+        """``(L,)`` correlation averaged over images, per step (lower is better)."""
+        return self.spearman.mean(1)
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` ranks 0..N-1 of each row of ``values``; tied values share their average rank."""
+    flat = values.flatten(1)
+    b, n = flat.shape
+    sorted_values, order = flat.sort(dim=1, stable=True)
+    position = torch.arange(n, device=flat.device).expand(b, n)
+    starts = torch.ones_like(sorted_values, dtype=torch.bool)
+    starts[:, 1:] = sorted_values[:, 1:] != sorted_values[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    # First and last sorted position of each element's run of equal values, by running max/min; exact in integers.
+    first = torch.where(starts, position, 0).cummax(1).values
+    last = torch.where(ends, position, n).flip(1).cummin(1).values.flip(1)
+    ranks = torch.empty(b, n, device=flat.device, dtype=torch.float32)
+    return ranks.scatter_(1, order, (first + last).float() / 2)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` Spearman rank correlation between matching maps of ``a`` and ``b`` (any shape ``(B, ...)``).
+
+    Ties get their average rank; a row where either map is constant gives 0 (see the module notes).
+
+    Raises:
+        ValueError: if the shapes differ or there are fewer than 2 values per map.
+    """
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"a and b must be tensors of the same shape (B, ...), got "
+                         f"{tuple(getattr(a, 'shape', ()))} and {tuple(getattr(b, 'shape', ()))}")
+    if a[0].numel() < 2:
+        raise ValueError(f"maps need at least 2 values to rank, got shape {tuple(a.shape)}")
+    # float64 keeps sums of squared ranks exact for any image size; MPS has no float64.
+    dtype = torch.float32 if a.device.type == "mps" else torch.float64
+    ra = average_ranks(a.detach()).to(dtype)
+    rb = average_ranks(b.detach().to(a.device)).to(dtype)
+    ra = ra - ra.mean(1, keepdim=True)
+    rb = rb - rb.mean(1, keepdim=True)
+    denom = ra.norm(dim=1) * rb.norm(dim=1)
+    return torch.where(denom > 0, (ra * rb).sum(1) / denom.clamp_min(torch.finfo(dtype).tiny), 0.0).float()
+
+
+def default_sanity_layers(model: nn.Module) -> list[str]:
+    """The model's top-level children that own parameters, last first (``fc, layer4, ..., conv1`` for a ResNet)."""
+    return [name for name, child in model.named_children() if next(child.parameters(), None) is not None][::-1]
+
+
+def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+    names = default_sanity_layers(model) if layers is None else layers
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise ValueError(f"layers must be a non-empty sequence of module names (top of the model first), got "
+                         f"{layers!r}" + ("; the model has no child module with parameters" if layers is None else ""))
+    known = dict(model.named_modules())
+    for name in names:
+        if not isinstance(name, str) or name not in known:
+            close = difflib.get_close_matches(str(name), list(known), n=3)
+            raise ValueError(f"layers: {name!r} is not a submodule of the model; did you mean {close}? Default: "
+                             f"{default_sanity_layers(model)}")
+        if next(known[name].parameters(), None) is None:
+            raise ValueError(f"layers: {name!r} has no parameters to randomise")
+    return list(names)
+
+
+def _reinitialize(module: nn.Module, seed: int) -> None:
+    """Re-initialise every parameter under ``module`` reproducibly (see the module notes)."""
+    cuda = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        for m in module.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            else:
+                for p in m.parameters(recurse=False):
+                    p.copy_(torch.randn(p.shape, generator=generator) * _INIT_STD)
+
+
+def cascading_randomization(
+        model: nn.Module,
+        images: torch.Tensor,
+        classes: torch.Tensor,
+        make_explain: Callable[[nn.Module], Explain],
+        *,
+        layers: Sequence[str] | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+) -> SanityResult:
+    """Adebayo et al.'s cascading randomisation test, on a deep copy of ``model``.
+
+    Args:
+        model: the trained classifier; left unchanged (parameters and train/eval flags).
+        images: ``(B, C, H, W)`` normalised model input.
+        classes: ``(B,)`` target class per image.
+        make_explain: builds the explain function for a model, ``make_explain(m)(images, classes) -> (B, H, W)``;
+            called once on ``model`` and once per step on the randomised copy.
+        layers: module names to randomise, top (logits) first, cumulatively; default
+            :func:`default_sanity_layers`.
+        seed: re-initialisation seed (step ``i`` uses ``seed + i``).
+        batch_size: images per explain call.
+
+    Returns:
+        Spearman correlation per step and image (on the CPU).
+
+    Raises:
+        ValueError: on malformed inputs or an unknown layer name.
+
+    Example:
+        >>> result = cascading_randomization(model, images, classes, lambda m: GradCAM(m))
+        >>> dict(zip(result.layers, result.mean_spearman.tolist()))
+    """
+    images, classes = check_inputs(model, images, classes)
+    check_batch_size(batch_size)
+    if not callable(make_explain):
+        raise TypeError(f"make_explain must be a callable model -> explain function, got {type(make_explain).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    names = _resolve_layers(model, layers)
+    randomized = copy.deepcopy(model)  # before explaining: hooks the explain function leaves are not copied
+    randomized.eval()
+    with eval_mode(model):
+        original = compute_maps(make_explain(model), images, classes, batch_size=batch_size)
+    correlations = []
+    for step, name in enumerate(names):
+        _reinitialize(randomized.get_submodule(name), seed + step)
+        maps = compute_maps(make_explain(randomized), images, classes, batch_size=batch_size)
+        correlations.append(spearman(original, maps).cpu())
+    return SanityResult(layers=names, spearman=torch.stack(correlations))
