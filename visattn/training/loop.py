@@ -34,6 +34,18 @@ def _check_corrupt(skipped: int, policy: str) -> None:
                            f"set data.on_corrupt=skip to skip them with a summary warning instead")
 
 
+def _on_any_rank(info: DistInfo, device: torch.device, *flags: bool) -> list[bool]:
+    """Each flag OR-ed over all ranks (the flags themselves for a single process).
+
+    Every decision to skip a batch or to stop must be taken by all ranks together: a rank that skips or raises alone
+    leaves the others waiting forever in the next gradient all-reduce.
+    """
+    if not info.enabled:
+        return list(flags)
+    values = torch.tensor([float(f) for f in flags], device=device)
+    return [v > 0 for v in all_reduce_sum(values, info).tolist()]
+
+
 @dataclass
 class EpochStats:
     """Sums over an epoch, reduced over all ranks."""
@@ -110,9 +122,11 @@ def train_one_epoch(
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=_bar_disabled(progress, info),
                dynamic_ncols=True)
     for images, labels, n_skipped in bar:
-        _check_corrupt(n_skipped, on_corrupt)
         skipped += n_skipped
-        if len(labels) == 0:
+        stop, empty = _on_any_rank(info, device, bool(n_skipped) and on_corrupt == "fail", len(labels) == 0)
+        if stop:
+            _check_corrupt(max(int(n_skipped), 1), on_corrupt)
+        if empty:
             continue
         images, labels = _to_device(images, labels, device, channels_last)
         lr = lr_at(step, schedule.total_steps, schedule.warmup_steps, cfg)
@@ -122,8 +136,10 @@ def train_one_epoch(
         with _autocast(device, amp):
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower optim.lr or set "
+        (diverged,) = _on_any_rank(info, device, not bool(torch.isfinite(loss)))
+        if diverged:
+            where = f"{loss.item()}" + (" (or not finite on another rank)" if info.enabled else "")
+            raise TrainingDiverged(f"loss is {where} at epoch {epoch + 1}, step {step}; lower optim.lr or set "
                                    f"optim.grad_clip. The last good checkpoint is kept.")
 
         optimizer.zero_grad(set_to_none=True)
@@ -173,9 +189,11 @@ def evaluate(
     start = time.perf_counter()
     for images, labels, n_skipped in tqdm(loader, desc=desc, leave=False, disable=_bar_disabled(progress, info),
                                           dynamic_ncols=True):
-        _check_corrupt(n_skipped, on_corrupt)
         skipped += n_skipped
-        if len(labels) == 0:
+        (stop,) = _on_any_rank(info, device, bool(n_skipped) and on_corrupt == "fail")
+        if stop:
+            _check_corrupt(max(int(n_skipped), 1), on_corrupt)
+        if len(labels) == 0:  # evaluation has no collective inside the loop, so ranks may skip on their own
             continue
         images, labels = _to_device(images, labels, device, channels_last)
         with _autocast(device, amp):
