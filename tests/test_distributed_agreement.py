@@ -13,7 +13,7 @@ from torch import nn
 
 from visattn.training.config import OptimConfig
 from visattn.training.distributed import DistInfo
-from visattn.training.loop import Schedule, TrainingDiverged, train_one_epoch
+from visattn.training.loop import Schedule, TrainingDiverged, evaluate, train_one_epoch
 
 
 def _batches(rank: int, case: str) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
@@ -60,4 +60,38 @@ def test_ranks_agree(tmp_path: Path, case: str, expected: str) -> None:
         if p.is_alive():
             p.kill()
     assert not hung, f"ranks {hung} hung: they did not take the same decision"
+    assert dict(results) == {0: expected, 1: expected}
+
+
+def _eval_worker(rank: int, store: str, policy: str, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        good = (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), 0)
+        # Uneven shards, as the evaluation sampler gives them: rank 0 has three batches, rank 1 two (one corrupt).
+        batches = [good, good, good] if rank == 0 else [good, (good[0], good[1], 1)]
+        try:
+            stats = evaluate(model, batches, device=torch.device("cpu"), info=DistInfo(rank=rank, world_size=2),
+                             progress=False, on_corrupt=policy)
+            results[rank] = f"images={stats.images} skipped={stats.skipped}"
+        except RuntimeError as err:
+            results[rank] = type(err).__name__
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("policy", "expected"), [("skip", "images=20 skipped=1"), ("fail", "RuntimeError")])
+def test_evaluation_with_uneven_shards(tmp_path: Path, policy: str, expected: str) -> None:
+    manager = mp.Manager()
+    results = manager.dict()
+    context = mp.spawn(_eval_worker, args=(str(tmp_path / "store"), policy, results), nprocs=2, join=False)
+    for process in context.processes:
+        process.join(timeout=120)
+    hung = [p.pid for p in context.processes if p.is_alive()]
+    for p in context.processes:
+        if p.is_alive():
+            p.kill()
+    assert not hung, f"ranks {hung} hung"
     assert dict(results) == {0: expected, 1: expected}

@@ -190,10 +190,9 @@ def evaluate(
     for images, labels, n_skipped in tqdm(loader, desc=desc, leave=False, disable=_bar_disabled(progress, info),
                                           dynamic_ncols=True):
         skipped += n_skipped
-        (stop,) = _on_any_rank(info, device, bool(n_skipped) and on_corrupt == "fail")
-        if stop:
-            _check_corrupt(max(int(n_skipped), 1), on_corrupt)
-        if len(labels) == 0:  # evaluation has no collective inside the loop, so ranks may skip on their own
+        # No collective inside this loop: ranks hold different numbers of batches (no sampler padding), so each skips
+        # on its own and the 'fail' policy is applied after the one reduction below, on every rank alike.
+        if len(labels) == 0:
             continue
         images, labels = _to_device(images, labels, device, channels_last)
         with _autocast(device, amp):
@@ -201,4 +200,6 @@ def evaluate(
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         count += labels.numel()
-    return _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start, device)
+    stats = _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start, device)
+    _check_corrupt(stats.skipped, on_corrupt)
+    return stats
