@@ -109,3 +109,12 @@ def test_self_attention_maps_in_a_model() -> None:
     assert maps.spatial_maps().keys() == maps.self_attention.keys()
     with pytest.raises(ValueError, match=r"queries must be \(y, x\) pairs of fractions in \[0, 1\], got \(2, 0\)"):
         block_maps(model, torch.randn(1, 3, 32, 32), queries=[(2, 0)])
+
+
+def test_patterns_may_name_a_stage_or_the_cbam_around_the_gates() -> None:
+    model = _cbam_model()
+    x = torch.randn(1, 3, 16, 16)
+    for pattern in ("layer4", "layer4.0.se", "layer4.*"):
+        maps = block_maps(model, x, patterns=pattern)
+        assert list(maps.spatial) == ["layer4.0.se.spatial"], pattern
+        assert list(maps.channel) == ["layer4.0.se.channel"], pattern

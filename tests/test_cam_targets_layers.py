@@ -96,3 +96,27 @@ class warnings_as_errors:  # noqa: N801 - reads as a statement in the test
 
     def __exit__(self, *exc: object) -> None:
         self._ctx.__exit__(*exc)
+
+
+def test_probing_for_the_default_layer_leaves_the_model_alone() -> None:
+    tv = torchvision.models.resnet18(num_classes=3).train()
+    before = {k: v.clone() for k, v in tv.state_dict().items()}
+    assert default_target_layer(tv, torch.randn(2, 3, 64, 64)) == "layer4"
+    assert tv.training
+    for key, value in tv.state_dict().items():
+        assert torch.equal(value, before[key]), key  # BatchNorm running stats untouched
+
+
+def test_a_shared_module_is_not_picked_by_the_probe() -> None:
+    shared = nn.ReLU()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), shared, nn.Conv2d(4, 4, 3, padding=1), shared,
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    assert default_target_layer(model, torch.randn(1, 3, 8, 8)) == "2"  # the last conv; the ReLU runs twice
+
+
+def test_inference_mode_is_refused_with_a_reason() -> None:
+    model = timm.create_model("resnet18", num_classes=4, layers=[1, 1, 1, 1])
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        create_cam("gradcam", model)(torch.randn(1, 3, 64, 64))
+    with torch.inference_mode():
+        assert create_cam("eigencam", model)(torch.randn(1, 3, 64, 64)).shape == (1, 64, 64)

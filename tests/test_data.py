@@ -161,3 +161,69 @@ def test_explicit_transform_list_and_errors():
         transforms_from_list(["HorizontalFlip"])
     with pytest.raises(ValueError, match=r"transforms\[0\] \(RandomCrop\)"):
         transforms_from_list([{"name": "RandomCrop", "heigth": 3}])
+
+
+def _saved(tmp_path, image: Image.Image, suffix: str) -> str:
+    path = tmp_path / f"x{suffix}"
+    image.save(path)
+    return str(path)
+
+
+def _grey(out: np.ndarray) -> np.ndarray:
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+    assert (out == out[..., :1]).all()  # greyscale: the three channels agree
+    return out[..., 0]
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [("I;16", ".png"), ("I;16B", ".tif"), ("I;16L", ".tif")])
+def test_read_rgb_16_bit_scales_by_bit_depth_not_by_image_max(tmp_path, mode, suffix):
+    dark = np.array([[0, 1000], [500, 128]], dtype=np.uint16)  # e.g. a dark or 12-bit image: must stay dark
+    full = np.array([[0, 65535], [257 * 100, 32768]], dtype=np.uint16)
+    for values, expected in ((dark, [[0, 4], [2, 0]]), (full, [[0, 255], [100, 128]])):
+        image = Image.frombytes(mode, (2, 2), values.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+        path = _saved(tmp_path, image, suffix)
+        assert Image.open(path).mode.startswith("I;16")
+        np.testing.assert_array_equal(_grey(read_rgb(path)), expected)
+
+
+def test_read_rgb_mode_i_in_16_bit_range_scales_by_bit_depth(tmp_path):
+    path = _saved(tmp_path, Image.fromarray(np.array([[0, 1000], [65535, 257 * 7]], dtype=np.int32)), ".tif")
+    assert Image.open(path).mode == "I"
+    np.testing.assert_array_equal(_grey(read_rgb(path)), [[0, 4], [255, 7]])
+
+
+def test_read_rgb_mode_i_outside_16_bit_range_is_min_max_scaled(tmp_path):
+    values = np.array([[-100, 0], [100, 1_000_000]], dtype=np.int32)  # negative and > 65535: never wrapped
+    path = _saved(tmp_path, Image.fromarray(values), ".tif")
+    assert Image.open(path).mode == "I"
+    expected = np.rint((values + 100) / 1_000_100 * 255)  # [[0, 0], [0, 255]] rounded
+    np.testing.assert_array_equal(_grey(read_rgb(path)), expected)
+    values = np.array([[-300, -100], [0, 100]], dtype=np.int32)
+    out = _grey(read_rgb(_saved(tmp_path, Image.fromarray(values), ".tif")))
+    np.testing.assert_array_equal(out, [[0, 128], [191, 255]])  # (v + 300) / 400 * 255, rounded
+
+
+def test_read_rgb_float_in_unit_range_is_times_255(tmp_path):
+    values = np.array([[0.0, 0.5], [1.0, 0.2]], dtype=np.float32)
+    path = _saved(tmp_path, Image.fromarray(values), ".tif")
+    assert Image.open(path).mode == "F"
+    np.testing.assert_array_equal(_grey(read_rgb(path)), [[0, 128], [255, 51]])
+
+
+def test_read_rgb_float_with_large_range_is_min_max_scaled_and_nan_is_zero(tmp_path):
+    values = np.array([[-10.0, 0.0], [30.0, 1000.0]], dtype=np.float32)
+    out = _grey(read_rgb(_saved(tmp_path, Image.fromarray(values), ".tif")))
+    np.testing.assert_array_equal(out, [[0, 3], [10, 255]])  # (v + 10) / 1010 * 255, rounded
+    values = np.array([[0.25, np.nan], [np.inf, 1.0]], dtype=np.float32)
+    out = _grey(read_rgb(_saved(tmp_path, Image.fromarray(values), ".tif")))
+    np.testing.assert_array_equal(out, [[64, 0], [0, 255]])  # finite values in [0, 1]: times 255
+    values = np.array([[2.0, np.nan], [-np.inf, 4.0]], dtype=np.float32)
+    out = _grey(read_rgb(_saved(tmp_path, Image.fromarray(values), ".tif")))
+    np.testing.assert_array_equal(out, [[0, 0], [0, 255]])
+
+
+def test_read_rgb_drops_alpha_like_timm_and_torchvision(tmp_path):
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[..., :3] = (10, 20, 30)  # fully transparent: the colour is kept, not composited over white
+    np.testing.assert_array_equal(read_rgb(_saved(tmp_path, Image.fromarray(rgba, "RGBA"), ".png")),
+                                  np.broadcast_to([10, 20, 30], (2, 2, 3)))

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from visattn.export import OverlayItem, blend, render_index_html, write_overlays
+from visattn.export.naming import safe_name
 
 
 def make_item(source: str, seed: int = 0, size: int = 16, cams=("gradcam", "gradcam++"),
@@ -187,3 +188,51 @@ def test_bad_map_is_named_with_its_item_and_name(tmp_path):
     item.block_maps["layer4.0.se.spatial"] = item.block_maps["layer4.0.se.spatial"] * 3
     with pytest.raises(ValueError, match=r"source='m.png'.*block_maps\['layer4.0.se.spatial'\].*\[0, 1\]"):
         write_overlays(tmp_path, [item])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("con", "_con"), ("con.tar", "_con.tar"), ("NUL.txt", "_NUL.txt"), ("com1", "_com1"), ("LPT9.png", "_LPT9.png"),
+    ("aux.tar.gz", "_aux.tar.gz"), ("prn .png", "_prn .png"), ("COM\u00b9", "_COM\u00b9"),
+    ("console", "console"), ("com10", "com10"), ("my.con", "my.con"), ("nul_", "nul_"),
+])
+def test_safe_name_avoids_windows_device_names_with_any_extension(text, expected):
+    assert safe_name(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "\u0939\u093f\u0928\u094d\u0926\u0940",  # Hindi: vowel sign I (Mc) and virama (Mn)
+    "\u0e20\u0e32\u0e29\u0e32\u0e44\u0e17\u0e22\u0e17\u0e35\u0e48",  # Thai with a tone mark (Mn)
+    "x\u20dd",  # enclosing circle (Me)
+])
+def test_safe_name_keeps_combining_marks(text):
+    assert safe_name(text) == text
+
+
+def test_safe_name_keeps_combining_marks_next_to_replaced_characters():
+    assert safe_name("\u0915:\u093e/\u093f?b") == "\u0915_\u093e_\u093f_b"
+    assert safe_name("e\u0301cole") == "\u00e9cole"  # NFC first: a decomposed accent is composed
+
+
+def test_device_name_source_gets_a_safe_folder(tmp_path):
+    manifest = json.loads(write_overlays(tmp_path, [make_item("in/NUL.txt.png")]).read_text(encoding="utf-8"))
+    entry = manifest["images"][0]
+    assert entry["folder"] == "_NUL.txt" and (tmp_path / entry["files"]["grid"]).is_file()
+
+
+def test_sources_with_undecodable_bytes_are_written_escaped(tmp_path):
+    source = b"imgs/caf\xe9 \xff.jpg".decode("utf-8", "surrogateescape")  # a Latin-1 file name on a UTF-8 system
+    bad = b"bad\xfe.jpg".decode("utf-8", "surrogateescape")
+    errors = [{"source": bad, "error": f"OSError: cannot identify image file {bad!s}"}]
+    item = make_item(source, label="l\udcff", cams=("grad\udcffcam",), extra={"path\udce9": "v\udce9", "odd": "\ud800"})
+    manifest_path = write_overlays(tmp_path, [item], errors=errors, run_info={"model": "m\udcff"})
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    entry = manifest["images"][0]
+    assert entry["source"] == "imgs/caf\\xe9 \\xff.jpg" and entry["label"] == "l\\xff"
+    assert entry["extra"] == {"path\\xe9": "v\\xe9", "odd": "\\ud800"}
+    assert list(entry["files"]["cams"]) == ["grad\\xffcam"] and manifest["run"] == {"model": "m\\xff"}
+    assert manifest["errors"] == [{"source": "bad\\xfe.jpg",
+                                   "error": "OSError: cannot identify image file bad\\xfe.jpg"}]
+    for relative in listed_files(entry):
+        assert (tmp_path / relative).is_file(), relative
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "imgs/caf\\xe9 \\xff.jpg" in html and "bad\\xfe.jpg" in html

@@ -85,6 +85,22 @@ def test_batch_size_and_explain_callable_do_not_change_results():
     torch.testing.assert_close(a.curves, b.curves)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_gets_images_in_its_dtype(dtype):
+    model, x = RegionNet(scale=2.0), region_images(N)  # float32 images, as a data loader gives them
+    reference = deletion(model, x, CLASSES, mask_maps(N), steps=5)
+    half = RegionNet(scale=2.0).to(dtype)
+    seen = []
+    half.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    for saliency in (mask_maps(N), input_gradient(half)):  # precomputed maps, and an explain callable
+        result = deletion(half, x, CLASSES, saliency, steps=5, baseline="blur")
+        assert result.curves.dtype == torch.float32 and bool(torch.isfinite(result.curves).all())
+        result = deletion(half, x, CLASSES, saliency, steps=5)
+        torch.testing.assert_close(result.curves, reference.curves, atol=2e-2, rtol=0)
+    assert seen and set(seen) == {dtype}
+    assert x.dtype == torch.float32  # the caller's tensor is not changed
+
+
 def test_model_flags_restored_even_when_explain_raises():
     model = RegionNet().train()
     model.bn1.eval()  # a mixed state must come back as it was

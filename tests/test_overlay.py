@@ -69,7 +69,7 @@ def test_overlay_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "6 images explained with gradcam, scorecam; 1 unreadable" in printed and "broken.jpg" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["images"]) == 6
-    assert manifest["run"]["methods"] == ["gradcam", "scorecam"] and manifest["run"]["target_layers"] == ["layer4"]
+    assert manifest["run"]["methods"] == ["gradcam", "scorecam"] and manifest["run"]["target_layers"] == ["layer3"]
     assert [e["source"].endswith("broken.jpg") for e in manifest["errors"]] == [True]
     sources = [Path(e["source"]).stem for e in manifest["images"]]
     assert sorted(sources[:4]) == sorted(stems) and sources[4:] == ["val_0000", "val_0001"]
@@ -105,3 +105,44 @@ def test_registered_variant_points_at_the_shipped_weights() -> None:
     missing = {"file": str(WEIGHTS.with_name("absent.safetensors"))}
     with pytest.raises(FileNotFoundError, match="absent.safetensors is missing"):
         timm.create_model("resnet18_cbam_quickstart", pretrained=True, pretrained_cfg_overlay=missing)
+
+
+def test_options_between_paths_and_the_configs_overlay_layers(tmp_path: Path) -> None:
+    _write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    code = main(["overlay", str(WEIGHTS), str(tmp_path / "in" / "photo.jpg"), "--methods", "gradcam", "--blocks",
+                 "layer4", str(tmp_path / "in" / "grey.png"), "--out", str(out)])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [Path(e["source"]).name for e in manifest["images"]] == ["photo.jpg", "grey.png"]
+    # The weights' config sets eval.overlay_layers=[layer3]; --layers overrides it.
+    assert manifest["run"]["target_layers"] == ["layer3"]
+    assert list(manifest["images"][0]["files"]["block_maps"]) == ["layer4.0.se.spatial"]
+    main(["overlay", str(WEIGHTS), "--samples", "1", "--layers", "layer2,layer3", "--out", str(out)])
+    assert json.loads((out / "manifest.json").read_text())["run"]["target_layers"] == ["layer2", "layer3"]
+
+
+def test_plain_state_dict_with_a_timm_name_and_training_checkpoints(tmp_path: Path) -> None:
+    import timm
+
+    model = timm.create_model("resnet18", num_classes=3, layers=[1, 1, 1, 1])
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    trained = load_trained(tmp_path / "plain.pth", model_name="resnet18",
+                           overrides=["model.kwargs={layers: [1, 1, 1, 1]}"])
+    assert trained.classes == ["class_0", "class_1", "class_2"] and trained.config.data.image_size == 224
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(trained.model(x), model.eval()(x))
+    with pytest.raises(ValueError, match="--config.*or its timm model name"):
+        load_trained(tmp_path / "plain.pth")
+
+
+def test_images_the_eval_transform_rejects_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(tmp_path / "in" / "tiny.png")
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(tmp_path / "in" / "fine.png")
+    crop = "data.eval_transforms=[{name: CenterCrop, height: 32, width: 32}]"
+    assert main(["overlay", str(WEIGHTS), str(tmp_path / "in"), "--set", crop, "--out", str(tmp_path / "o")]) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert [Path(e["source"]).name for e in manifest["images"]] == ["fine.png"]
+    assert "eval transform failed" in manifest["errors"][0]["error"]

@@ -128,3 +128,14 @@ def test_ddp_two_gloo_processes(tmp_path):
     # Both ranks' batches are counted: 384 images / (32 per rank x 2 ranks) = 6 steps.
     assert records[0]["step"] == 6
     assert result.stdout.count("run folder:") == 1
+
+
+def test_overlay_settings_are_checked_before_training(tmp_path):
+    from visattn.training.config_loader import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown CAM method 'gradcm'"):
+        _cfg(tmp_path, "eval.overlay_methods=[gradcm]")
+    cfg = _cfg(tmp_path, "eval.overlays=2", "eval.overlay_layers=[layer5]")
+    with pytest.raises(ValueError, match="'layer5' matches no module"):
+        train(cfg, config_path="bad.yaml")
+    assert not list(tmp_path.glob("*/metrics.jsonl"))  # nothing ran

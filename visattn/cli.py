@@ -7,6 +7,10 @@ import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .training.trained import TrainedModel
 
 __all__ = ["main"]
 
@@ -57,10 +61,21 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _load_trained(args: argparse.Namespace) -> object:
+def _load_trained(args: argparse.Namespace) -> TrainedModel:
     from .training.trained import load_trained
 
-    return load_trained(args.source, config=args.config, overrides=args.set or [], device=args.device)
+    return load_trained(args.source, config=args.config, model_name=args.model, overrides=args.set or [],
+                        device=args.device)
+
+
+def _queries(text: str) -> list[tuple[float, float]]:
+    try:
+        pairs = [tuple(float(v) for v in item.split(",")) for item in text.split(";") if item.strip()]
+    except ValueError as err:
+        raise ValueError(f"--query must look like 'y,x' or 'y,x;y,x' with fractions in [0, 1], got {text!r}") from err
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"--query must look like 'y,x' or 'y,x;y,x' with fractions in [0, 1], got {text!r}")
+    return pairs  # type: ignore[return-value]
 
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
@@ -79,10 +94,13 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
         trained = _load_trained(args)
         samples = raw_images(build_datasets(trained.config.data).val, args.samples) if args.samples else []
         blocks = None if args.blocks.lower() == "none" else _split(args.blocks)
+        # Default target layers: the ones the training config chose for its overlays, else the last spatial stage.
+        layers = _split(args.layers) if args.layers else trained.config.eval.overlay_layers
         manifest = overlay_files(trained, args.out, sources=args.images, images=samples, methods=methods,
-                                 target_layers=args.layers, block_patterns=blocks, alpha=args.alpha, cmap=args.cmap,
-                                 batch_size=args.batch_size, progress=sys.stderr.isatty())
-    except (FileNotFoundError, ValueError) as err:
+                                 target_layers=layers, block_patterns=blocks, queries=_queries(args.query),
+                                 alpha=args.alpha, cmap=args.cmap, batch_size=args.batch_size,
+                                 progress=sys.stderr.isatty())
+    except (OSError, ValueError, RuntimeError) as err:  # missing files, bad weights or arguments: say what, no trace
         print(f"visattn overlay: {err}", file=sys.stderr)
         return 2
     data = json.loads(manifest.read_text())
@@ -100,10 +118,12 @@ def _cmd_evaluate_cams(args: argparse.Namespace) -> int:
     try:
         methods = [canonical_cam_name(m) for m in _split(args.methods)]
         trained = _load_trained(args)
-        report = evaluate_cams(trained, methods, num_images=args.num_images, target_layers=args.layers,
+        layers = _split(args.layers) if args.layers else trained.config.eval.overlay_layers
+        report = evaluate_cams(trained, methods, num_images=args.num_images, target_layers=layers,
                                out_dir=args.out, sanity=not args.no_sanity, batch_size=args.batch_size,
+                               tolerance=args.tolerance,
                                progress=sys.stderr.isatty())
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         print(f"visattn evaluate-cams: {err}", file=sys.stderr)
         return 2
     print(report.table(markdown=args.markdown))
@@ -131,9 +151,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="run folder (config.yaml + best.safetensors) or a weights file from "
                                        "'visattn train' (e.g. weights/quickstart_resnet18_cbam_shapes.safetensors)")
     parser.add_argument("--config", "-c", default=None, help="YAML config, for weights that do not carry theirs")
+    parser.add_argument("--model", "-m", default=None,
+                        help="timm model name, for plain state_dict weights without a config (timm preprocessing)")
     parser.add_argument("--set", action="append", metavar="key=value", help="config override (repeatable)")
-    parser.add_argument("--layers", nargs="+", default=None, metavar="NAME",
-                        help="target layer name(s) or patterns (default: the last spatial stage)")
+    parser.add_argument("--layers", default=None, metavar="NAME[,NAME]",
+                        help="comma-separated target layers or patterns (default: the config's eval.overlay_layers, "
+                             "else the last spatial stage)")
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
 
 
@@ -168,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "scorecam, eigencam")
     overlay.add_argument("--blocks", default="*",
                          help="module-name patterns of attention blocks whose own maps to show, or 'none'")
+    overlay.add_argument("--query", default="0.5,0.5", metavar="Y,X[;Y,X]",
+                         help="query pixels (fractions of height, width) for pixel self-attention maps")
     overlay.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity (default 0.5)")
     overlay.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
     overlay.add_argument("--batch-size", type=int, default=16)
@@ -182,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated CAM methods (default: all)")
     faith.add_argument("--num-images", type=int, default=200, help="validation images to score (default 200)")
     faith.add_argument("--out", "-o", default="faithfulness", help="output folder (default ./faithfulness)")
+    faith.add_argument("--tolerance", type=float, default=0.0,
+                       help="pointing-game tolerance in pixels (Zhang et al. use 15 px at 224 px, ~2 px at 32 px)")
     faith.add_argument("--no-sanity", action="store_true", help="skip the model-randomisation sanity check")
     faith.add_argument("--batch-size", type=int, default=64)
     faith.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -215,7 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``visattn`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills `images` from the paths before the first option only; later paths come back as extras.
+    if getattr(args, "images", None) is not None and extra and not any(e.startswith("-") for e in extra):
+        args.images = [*args.images, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

@@ -217,6 +217,9 @@ class BaseCAM:
         Example:
             >>> result = GradCAM(model).explain(images, targets=3)
         """
+        if self.uses_gradients and torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{type(self).__name__} needs gradients, which torch.inference_mode() forbids; call it "
+                               "outside inference_mode (torch.no_grad() is fine)")
         called_outside_with = not self.attached
         self._attach()
         try:

@@ -69,7 +69,8 @@ def block_maps(
     Args:
         model: a network containing visattn blocks (e.g. ``timm.create_model('resnet18_cbam')``).
         images: ``(B, C, H, W)`` normalised input.
-        patterns: fnmatch pattern(s) over module names, timm style (``'layer4.*'``); blocks matching none are skipped.
+        patterns: fnmatch pattern(s) over module names, timm style (``'layer4.*'``); a block matches when its own name
+            or the name of a module containing it does (``'layer4'``). Blocks matching none are skipped.
         queries: query pixels for self-attention blocks, as ``(y, x)`` fractions of the image (``(0.5, 0.5)`` = centre).
         scale: scale each spatial / self-attention map to ``[0, 1]`` per image (gates often span a narrow band).
 
@@ -104,7 +105,9 @@ def block_maps(
     handles = []
     try:
         for name, module in model.named_modules():
-            if not any(fnmatch.fnmatchcase(name, p) for p in pattern_list):
+            # A pattern may name the block itself or any module around it ('layer4', 'layer4.0.se' for a CBAM).
+            scopes = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)] if name else [""]
+            if not any(fnmatch.fnmatchcase(scope, p) for scope in scopes for p in pattern_list):
                 continue
             if isinstance(module, SpatialAttention):
                 handles.append(module.gate.register_forward_hook(keep_gate(raw_spatial, name)))

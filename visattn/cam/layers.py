@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from ..utils import eval_mode
 
 __all__ = ["LayerSpec", "resolve_layers", "default_target_layer"]
 
@@ -81,13 +84,15 @@ def default_target_layer(model: nn.Module, example: torch.Tensor | None = None) 
     handles = [m.register_forward_hook(lambda mod, inp, out, n=n: finished.append(
         (n, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))) for n, m in names.items() if n]
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():  # eval: a probe must not update BatchNorm statistics
             model(example)
     finally:
         for h in handles:
             h.remove()
-    spatial = [n for n, shape in finished if len(shape) == 4]
-    larger = [n for n, shape in finished if len(shape) == 4 and shape[2] * shape[3] > 1]
+    runs = Counter(n for n, _ in finished)
+    # A module that runs more than once (a shared activation) cannot be a target layer.
+    spatial = [n for n, shape in finished if len(shape) == 4 and runs[n] == 1]
+    larger = [n for n, shape in finished if len(shape) == 4 and runs[n] == 1 and shape[2] * shape[3] > 1]
     if not spatial:
         raise ValueError(f"no module of {type(model).__name__} outputs a (B, C, H, W) map; pass target_layers")
     return (larger or spatial)[-1]

@@ -24,13 +24,62 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode any PIL-readable image (greyscale, RGBA, palette, 16-bit) to ``(H, W, 3)`` uint8 RGB."""
+    """Decode any PIL-readable image to ``(H, W, 3)`` uint8 RGB.
+
+    Intensities are mapped to 8 bits as follows:
+
+    - 8-bit modes (``L``, ``P``, ``RGB``, ``CMYK``, ``1``...) go through ``convert("RGB")``. Alpha (``RGBA``, ``LA``,
+      ``P`` with transparency) is dropped, not composited, as timm's and torchvision's loaders do.
+    - 16-bit greyscale (``I;16``, ``I;16B``, ``I;16L``) and 32-bit ``I`` whose values lie in ``0..65535`` are scaled by
+      bit depth, ``round(value / 257)``, so a dark or 12-bit image stays as dark as it is (no per-image stretch).
+    - ``I`` holding negative values or values above 65535 has no fixed range: it is min-max scaled to ``0..255`` per
+      image.
+    - ``F`` (float32, e.g. TIFF): multiplied by 255 when all finite values lie in ``[0, 1]``, else min-max scaled per
+      image; NaN and inf become 0.
+
+    A constant image that needs min-max scaling has no range to stretch; its value is clipped to ``0..255`` instead.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        The ``(H, W, 3)`` uint8 array.
+
+    Raises:
+        OSError, UnidentifiedImageError, ValueError: PIL cannot read or convert the file.
+    """
     with Image.open(path) as img:
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits, don't clip
-            arr = np.asarray(img, dtype=np.float64)
-            arr = (arr / max(arr.max(), 1.0) * 255.0).astype(np.uint8)
-            return np.repeat(arr[..., None], 3, axis=2)
-        return np.asarray(img.convert("RGB"))
+        if img.mode.startswith("I;16") or img.mode == "I":
+            grey = _integer_to_uint8(np.asarray(img).astype(np.int64))
+        elif img.mode == "F":
+            grey = _float_to_uint8(np.asarray(img, dtype=np.float64))
+        else:
+            return np.asarray(img.convert("RGB"))
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _integer_to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.size == 0 or (arr.min() >= 0 and arr.max() <= 65535):
+        return np.rint(arr / 257.0).astype(np.uint8)  # 65535 / 257 == 255 exactly; 257 is odd, so no .5 ties
+    return _min_max_to_uint8(arr.astype(np.float64))
+
+
+def _float_to_uint8(arr: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(arr)
+    arr = np.where(finite, arr, 0.0)
+    values = arr[finite]
+    if values.size == 0 or (values.min() >= 0.0 and values.max() <= 1.0):
+        return np.rint(arr * 255.0).astype(np.uint8)
+    return np.where(finite, _min_max_to_uint8(arr, finite), 0).astype(np.uint8)
+
+
+def _min_max_to_uint8(arr: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """``arr`` stretched so its smallest (valid) value is 0 and its largest 255; a constant one clipped instead."""
+    values = arr if valid is None else arr[valid]
+    low, high = float(values.min()), float(values.max())
+    if high == low:
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return np.clip(np.rint((arr - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
 
 
 def scan_image_folder(

@@ -51,7 +51,9 @@ def explain_images(
         methods: Sequence[str] = DEFAULT_METHODS,
         target_layers: LayerSpec = None,
         block_patterns: str | Sequence[str] | None = "*",
+        queries: Sequence[tuple[float, float]] = ((0.5, 0.5),),
         batch_size: int = 16,
+        errors: list[dict[str, str]] | None = None,
 ) -> Iterator[OverlayItem]:
     """Explain ``(name, RGB uint8 image)`` pairs with every method, preprocessed as the model was evaluated.
 
@@ -62,31 +64,53 @@ def explain_images(
         methods: CAM names (see :func:`visattn.cam.list_cams`); each explains the predicted class.
         target_layers: as for :func:`visattn.cam.create_cam`; None for the last spatial stage.
         block_patterns: module-name patterns for the attention blocks' own maps; None for none.
+        queries: ``(y, x)`` query pixels, as fractions of the image, for pixel self-attention maps.
         batch_size: images per forward pass.
+        errors: images the eval transform rejects are recorded here (``{'source', 'error'}``) and skipped; without
+            a list they raise.
 
     Yields:
         One :class:`OverlayItem` per image, in order.
+
+    Raises:
+        ValueError: a bad ``batch_size``, or neither methods nor block patterns.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not methods and not block_patterns:
+        raise ValueError("nothing to show: give at least one CAM method or a block pattern")
     geometry, normalize = eval_geometry(trained.config.data), normalize_to_tensor(trained.config.data)
     device, _ = model_device_dtype(trained.model)
     cams = {name: create_cam(name, trained.model, target_layers) for name in methods}
     iterator = iter(images)
     while batch := list(islice(iterator, batch_size)):
-        shown = [geometry(image=image)["image"] for _, image in batch]
-        sizes = {im.shape[:2] for im in shown}
-        if len(sizes) > 1:
-            raise ValueError(f"the eval transform of {trained.config.model.name} gives images of different sizes "
-                             f"{sorted(sizes)}; set data.eval_transforms to resize to one size")
-        x = torch.stack([normalize(image=im)["image"] for im in shown]).to(device)
-        yield from _explain_batch(trained, cams, [name for name, _ in batch], shown, x, block_patterns)
+        shown: list[tuple[str, np.ndarray]] = []
+        for name, image in batch:
+            try:
+                shown.append((name, geometry(image=image)["image"]))
+            except Exception as err:  # albumentations raises its own types for images a transform cannot take
+                if errors is None:
+                    raise
+                errors.append({"source": name, "error": f"eval transform failed: {type(err).__name__}: {err}"})
+        # An eval transform that keeps the aspect ratio gives several sizes: one forward pass per size.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, im) in enumerate(shown):
+            groups.setdefault(im.shape, []).append(i)
+        items: dict[int, OverlayItem] = {}
+        for indices in groups.values():
+            x = torch.stack([normalize(image=shown[i][1])["image"] for i in indices]).to(device)
+            names, pictures = [shown[i][0] for i in indices], [shown[i][1] for i in indices]
+            for i, item in zip(indices, _explain_batch(trained, cams, names, pictures, x, block_patterns, queries),
+                               strict=True):
+                items[i] = item
+        yield from (items[i] for i in sorted(items))
 
 
 def _explain_batch(trained: TrainedModel, cams: dict[str, BaseCAM], names: list[str], shown: list[np.ndarray],
-                   x: torch.Tensor, block_patterns: str | Sequence[str] | None) -> Iterator[OverlayItem]:
+                   x: torch.Tensor, block_patterns: str | Sequence[str] | None,
+                   queries: Sequence[tuple[float, float]]) -> Iterator[OverlayItem]:
     results = {name: cam.explain(x) for name, cam in cams.items()}
-    attention = block_maps(trained.model, x, patterns=block_patterns) if block_patterns else None
+    attention = block_maps(trained.model, x, patterns=block_patterns, queries=queries) if block_patterns else None
     logits = next(iter(results.values())).logits if results else attention.logits  # type: ignore[union-attr]
     probs = logits.float().softmax(1)
     top_p, top_c = probs.max(1)
@@ -119,6 +143,7 @@ def overlay_files(
         methods: Sequence[str] = DEFAULT_METHODS,
         target_layers: LayerSpec = None,
         block_patterns: str | Sequence[str] | None = "*",
+        queries: Sequence[tuple[float, float]] = ((0.5, 0.5),),
         alpha: float = 0.5,
         cmap: str = "jet",
         batch_size: int = 16,
@@ -132,7 +157,7 @@ def overlay_files(
         out_dir: output folder (created).
         sources: image files, folders or glob patterns, read lazily.
         images: already-loaded ``(name, RGB uint8)`` pairs, explained after ``sources``.
-        methods, target_layers, block_patterns, batch_size: as :func:`explain_images`.
+        methods, target_layers, block_patterns, queries, batch_size: as :func:`explain_images`.
         alpha: overlay opacity in ``[0, 1]``.
         cmap: matplotlib colormap name.
         progress: show a progress bar.
@@ -160,5 +185,5 @@ def overlay_files(
             "image_size": trained.config.data.image_size, "versions": {
                 "visattn": __version__, "torch": torch.__version__, "timm": timm.__version__}, **(run_info or {})}
     items = explain_images(trained, everything, methods=methods, target_layers=target_layers,
-                           block_patterns=block_patterns, batch_size=batch_size)
+                           block_patterns=block_patterns, queries=queries, batch_size=batch_size, errors=errors)
     return write_overlays(out_dir, items, alpha=alpha, cmap=cmap, run_info=info, errors=errors, progress=progress)

@@ -83,6 +83,29 @@ def _jsonable(value: Any, where: str) -> Any:
         raise ValueError(f"{where} holds NaN or inf, which JSON cannot store; use None instead ({err})") from err
 
 
+def _display_text(text: str) -> str:
+    """``text`` as valid UTF-8 for the manifest and page.
+
+    A file name with bytes that do not decode as UTF-8 reaches Python with surrogate escapes (``b"\\xff"`` becomes
+    ``"\\udcff"``, PEP 383), which no UTF-8 file can hold; those bytes are shown as ``\\xff`` instead.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte (e.g. "\\ud800"): show its code point
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _for_display(value: Any) -> Any:
+    """A JSON value with every string (keys too) passed through ``_display_text``."""
+    if isinstance(value, str):
+        return _display_text(value)
+    if isinstance(value, dict):
+        return {_for_display(k): _for_display(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_for_display(v) for v in value]
+    return value
+
+
 def _check_item(item: Any) -> None:
     if not isinstance(item, OverlayItem):
         raise TypeError(f"items must yield OverlayItem objects, got {type(item).__name__}")
@@ -221,7 +244,8 @@ def write_overlays(out_dir: str | Path, items: Iterable[OverlayItem], *, alpha: 
         folder = folders.take(PurePath(str(getattr(item, "source", ""))).stem)
         entries.append(_write_item(out_dir, item, folder, alpha, cmap))
 
-    manifest = {
+    # Sources, error messages, labels and names may come from file names that are not valid UTF-8 (see _display_text).
+    manifest = _for_display({
         "format": MANIFEST_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": run,
@@ -229,7 +253,7 @@ def write_overlays(out_dir: str | Path, items: Iterable[OverlayItem], *, alpha: 
         "alpha": float(alpha),
         "images": entries,
         "errors": _check_errors(errors),
-    }
+    })
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out_dir / "index.html", render_index_html(manifest))
     written = {path.casefold() for path in _manifest_files(manifest)}  # casefold: "Cat/" is "cat/" on macOS

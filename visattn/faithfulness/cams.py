@@ -60,6 +60,7 @@ def evaluate_cams(
         out_dir: str | Path | None = None,
         sanity: bool = True,
         batch_size: int = 64,
+        tolerance: float = 0.0,
         progress: bool = False,
 ) -> FaithfulnessReport:
     """Deletion/insertion AUC, ROAD, pointing games and the randomisation sanity check for each CAM method.
@@ -75,4 +76,4 @@ def evaluate_cams(
     makers = {name: _maker(name, target_layers) for name in methods}
     return evaluate_faithfulness(trained.model, images.to(device), labels.to(device),
                                  masks.to(device) if masks is not None else None, makers, out_dir=out_dir,
-                                 sanity=sanity, batch_size=batch_size, progress=progress)
+                                 sanity=sanity, batch_size=batch_size, tolerance=tolerance, progress=progress)

@@ -78,7 +78,12 @@ class PerturbationResult:
 
 
 def check_inputs(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``images``/``classes`` and move them to the model's device."""
+    """Validate ``images``/``classes`` and move them to the model's device, images also to its floating dtype.
+
+    A bfloat16/float16 model would fail on float32 images (``Input type and weight type should be the same``), so
+    images take the dtype of the model's first parameter when that is floating point (a model without parameters
+    keeps the images' dtype).
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
@@ -92,8 +97,10 @@ def check_inputs(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) 
                          f"{_describe(classes)}")
     if bool((classes < 0).any()):
         raise ValueError(f"classes must be non-negative class indices, got {classes.tolist()}")
-    device, _ = model_device_dtype(model)
-    return images.to(device), classes.to(device, torch.long)
+    device, dtype = model_device_dtype(model)
+    if not dtype.is_floating_point or next(iter(model.parameters()), None) is None:
+        dtype = images.dtype
+    return images.to(device, dtype), classes.to(device, torch.long)
 
 
 def check_maps(maps: torch.Tensor, images: torch.Tensor, name: str = "saliency") -> torch.Tensor:

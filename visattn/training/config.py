@@ -135,6 +135,15 @@ class EvalConfig:
     every: int = 1  # epochs
     overlays: int = 0  # at the end, write CAM overlays of this many validation images into <run>/overlays
     overlay_methods: list[str] = field(default_factory=lambda: ["gradcam", "gradcam++", "layercam", "eigencam"])
+    overlay_layers: list[str] | None = None  # CAM target layers; None: the last spatial stage
+
+    def __post_init__(self) -> None:
+        from ..cam import canonical_cam_name  # raises ValueError naming the valid methods
+
+        if self.every < 1 or self.overlays < 0:
+            raise ValueError(f"every must be >= 1 and overlays >= 0, got every={self.every}, overlays={self.overlays}")
+        for method in self.overlay_methods:
+            canonical_cam_name(method)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, get_worker_info
 
+from ..cam.layers import resolve_layers
 from ..data.datasets import build_datasets
 from ..data.folder import collate_skipping
 from ..files import atomic_write_text
@@ -156,6 +157,8 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
 
     # model
     model, inject_report = build_model(cfg.model, data.num_classes)
+    if cfg.eval.overlays and cfg.eval.overlay_layers:
+        resolve_layers(model, cfg.eval.overlay_layers)  # a misspelt layer fails now, not after training
     model.to(device)
     if cfg.loop.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -272,7 +275,7 @@ def _write_overlays(run_dir: Path, cfg: TrainConfig, val: Any) -> None:
 
     trained = load_trained(run_dir)  # the best weights, rebuilt exactly as `visattn overlay` would
     manifest = overlay_files(trained, run_dir / "overlays", images=raw_images(val, cfg.eval.overlays),
-                             methods=cfg.eval.overlay_methods)
+                             methods=cfg.eval.overlay_methods, target_layers=cfg.eval.overlay_layers)
     print(f"overlays of {cfg.eval.overlays} validation images: {manifest.parent / 'index.html'}", flush=True)
 
 

@@ -12,11 +12,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
-from ..models import load_weights
+from ..models import load_weights, read_state_dict
 from .config import TrainConfig
 from .config_loader import config_from_dict, config_to_dict, load_config, merge_overrides
 from .model import build_model
@@ -47,6 +49,8 @@ def weights_metadata(cfg: TrainConfig, classes: Sequence[str], **extra: Any) -> 
 
 
 def _metadata(path: Path) -> dict[str, Any]:
+    if path.suffix != ".safetensors":
+        return {}
     with safe_open(str(path), framework="pt") as f:
         raw = f.metadata() or {}
     out = {}
@@ -58,26 +62,50 @@ def _metadata(path: Path) -> dict[str, Any]:
     return out
 
 
-def _classifier_outputs(path: Path) -> int | None:
-    with safe_open(str(path), framework="pt") as f:
-        for name in ("fc.weight", "head.fc.weight", "classifier.weight", "head.weight"):
-            if name in f.keys():  # noqa: SIM118 - safe_open has keys(), not __contains__
-                return int(f.get_slice(name).get_shape()[0])
+def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    if "progress" in meta:  # a training checkpoint (last.safetensors): the model's tensors carry a 'model.' prefix
+        state = load_file(str(path))
+        return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    return read_state_dict(path)
+
+
+def _classifier_outputs(state: dict[str, torch.Tensor]) -> int | None:
+    for name in ("fc.weight", "head.fc.weight", "classifier.weight", "head.weight"):
+        if name in state and state[name].ndim == 2:
+            return int(state[name].shape[0])
     return None
+
+
+def _timm_config(model_name: str, overrides: Sequence[str]) -> TrainConfig:
+    """Eval preprocessing from the timm model's pretrained config: its input size, mean and std, centre crop."""
+    if not timm.is_model(model_name):
+        raise ValueError(f"model={model_name!r} is not a timm model name; e.g. {timm.list_models('resnet*')[:4]}")
+    pretrained = timm.models.get_pretrained_cfg(model_name)
+    size = pretrained.input_size[-1] if pretrained is not None else 224
+    mean = list(pretrained.mean) if pretrained is not None else [0.485, 0.456, 0.406]
+    std = list(pretrained.std) if pretrained is not None else [0.229, 0.224, 0.225]
+    return load_config(TrainConfig, None, [f"model.name={model_name}", f"data.image_size={size}",
+                                           "data.augment=imagenet", f"data.mean={mean}", f"data.std={std}",
+                                           *overrides])
 
 
 def load_trained(
         source: str | Path,
         *,
         config: str | Path | None = None,
+        model_name: str | None = None,
         overrides: Sequence[str] = (),
         device: str | torch.device = "cpu",
 ) -> TrainedModel:
     """Rebuild a trained model from a run folder or a weights file.
 
     Args:
-        source: a run folder (``config.yaml`` + ``best.safetensors``) or a ``.safetensors`` weights file.
-        config: a YAML config to use instead of the one stored with the weights (needed for weights without one).
+        source: a run folder (``config.yaml`` + ``best.safetensors``, else ``last.safetensors``), or a weights file:
+            ``best.safetensors`` / ``last.safetensors`` from ``visattn train``, any ``.safetensors`` state_dict, or a
+            torch state_dict file (read with ``weights_only=True``).
+        config: a YAML config to use instead of the one stored with the weights.
+        model_name: a timm model name, for plain weights without a config: preprocessing then follows the model's
+            pretrained config (input size, mean, std, centre crop).
         overrides: ``key=value`` config overrides (e.g. ``data.image_size=64``).
         device: where to put the model.
 
@@ -93,35 +121,39 @@ def load_trained(
         >>> trained.classes[:3]
         ['circle', 'square', 'triangle']
     """
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
-        weights = path / "best.safetensors"
+        found = [path / n for n in ("best.safetensors", "last.safetensors") if (path / n).is_file()]
         config = config if config is not None else path / "config.yaml"
-        for needed in (weights, Path(config)):
-            if not needed.is_file():
-                raise FileNotFoundError(f"run folder {str(path)!r} has no {needed.name}; expected the output of "
-                                        "'visattn train'")
+        if not found or not Path(config).is_file():
+            missing = "best.safetensors or last.safetensors" if not found else Path(config).name
+            raise FileNotFoundError(f"run folder {str(path)!r} has no {missing}; expected the output of "
+                                    "'visattn train'")
+        weights = found[0]
     elif path.is_file():
         weights = path
     else:
         raise FileNotFoundError(f"source={str(source)!r} is neither a run folder nor a weights file")
 
     meta = _metadata(weights)
+    state = _read_weights(weights, meta)
     if config is not None:
         cfg = load_config(TrainConfig, config, overrides)
+    elif model_name is not None:
+        cfg = _timm_config(model_name, overrides)
     elif isinstance(meta.get("config"), dict):
         cfg = config_from_dict(TrainConfig, merge_overrides(meta["config"], overrides))
     else:
         raise ValueError(f"{str(weights)!r} carries no training config in its metadata; pass the YAML config it was "
-                         "trained with (--config)")
+                         "trained with (--config) or its timm model name (--model)")
     cfg = replace(cfg, model=replace(cfg.model, pretrained=None))  # the weights below replace any starting point
 
     classes = meta.get("classes")
-    outputs = _classifier_outputs(weights)
+    outputs = _classifier_outputs(state)
     if not isinstance(classes, list) or (outputs is not None and len(classes) != outputs):
         count = outputs if outputs is not None else 1000
         classes = [f"class_{i}" for i in range(count)]
     model, _ = build_model(cfg.model, num_classes=len(classes))
-    load_weights(model, weights)
+    load_weights(model, state)
     return TrainedModel(model.to(device).eval(), cfg, [str(c) for c in classes], weights)
 
