@@ -27,6 +27,21 @@ def _batches(rank: int, case: str) -> list[tuple[torch.Tensor, torch.Tensor, int
     return [good, (good[0], good[1], 1) if rank == 1 else good, good]  # "corrupt" with on_corrupt='fail'
 
 
+def _run_two_ranks(worker: object, tmp_path: Path, case: str) -> dict[int, str]:
+    """Run ``worker(rank, store, case, results)`` on 2 gloo ranks; a rank still alive after 2 minutes has hung."""
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    results = mp.Manager().dict()
+    context = mp.spawn(worker, args=(str(tmp_path / "store"), case, results), nprocs=2, join=False)
+    for process in context.processes:
+        process.join(timeout=120)
+    hung = [p.pid for p in context.processes if p.is_alive()]
+    for p in context.processes:
+        if p.is_alive():
+            p.kill()
+    assert not hung, f"ranks {hung} hung: they did not take the same decision"
+    return dict(results)
+
+
 def _worker(rank: int, store: str, case: str, results: dict) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
@@ -49,18 +64,7 @@ def _worker(rank: int, store: str, case: str, results: dict) -> None:
 @pytest.mark.parametrize(("case", "expected"), [
     ("empty", "steps=2"), ("nan", "TrainingDiverged"), ("corrupt", "RuntimeError")])
 def test_ranks_agree(tmp_path: Path, case: str, expected: str) -> None:
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    manager = mp.Manager()
-    results = manager.dict()
-    context = mp.spawn(_worker, args=(str(tmp_path / "store"), case, results), nprocs=2, join=False)
-    for process in context.processes:
-        process.join(timeout=120)
-    hung = [p.pid for p in context.processes if p.is_alive()]
-    for p in context.processes:
-        if p.is_alive():
-            p.kill()
-    assert not hung, f"ranks {hung} hung: they did not take the same decision"
-    assert dict(results) == {0: expected, 1: expected}
+    assert _run_two_ranks(_worker, tmp_path, case) == {0: expected, 1: expected}
 
 
 def _eval_worker(rank: int, store: str, policy: str, results: dict) -> None:
@@ -84,14 +88,4 @@ def _eval_worker(rank: int, store: str, policy: str, results: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("policy", "expected"), [("skip", "images=20 skipped=1"), ("fail", "RuntimeError")])
 def test_evaluation_with_uneven_shards(tmp_path: Path, policy: str, expected: str) -> None:
-    manager = mp.Manager()
-    results = manager.dict()
-    context = mp.spawn(_eval_worker, args=(str(tmp_path / "store"), policy, results), nprocs=2, join=False)
-    for process in context.processes:
-        process.join(timeout=120)
-    hung = [p.pid for p in context.processes if p.is_alive()]
-    for p in context.processes:
-        if p.is_alive():
-            p.kill()
-    assert not hung, f"ranks {hung} hung"
-    assert dict(results) == {0: expected, 1: expected}
+    assert _run_two_ranks(_eval_worker, tmp_path, policy) == {0: expected, 1: expected}

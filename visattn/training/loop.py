@@ -117,7 +117,8 @@ def train_one_epoch(
     info = info or DistInfo()
     model.train()
     cfg = schedule.optim
-    loss_sum = correct = count = skipped = 0.0
+    count = skipped = 0.0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x images, correct predictions
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=_bar_disabled(progress, info),
                dynamic_ncols=True)
@@ -159,13 +160,15 @@ def train_one_epoch(
             ema.update(model, step=step)
         step += 1
 
+        # Sums stay on the device: reading them every step would add two host syncs per step on a GPU.
         n = labels.numel()
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == labels).sum().item()
+        sums += torch.stack((loss.detach().double() * n, (logits.argmax(1) == labels).sum().double()))
         count += n
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}", lr=f"{lr:.3g}",
-                        img_s=f"{count / elapsed:.0f}")
+        if not bar.disable and step % 10 == 0:
+            loss_sum, correct = sums.tolist()
+            bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}", lr=f"{lr:.3g}",
+                            img_s=f"{count / (time.perf_counter() - start):.0f}")
+    loss_sum, correct = sums.tolist()
     return _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start, device), step
 
 
