@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from visattn.bench import cams
+from visattn.bench.timing import interleaved_medians
 
 TINY = dict(layers=[1, 1, 1, 1], num_classes=10)
 
@@ -40,7 +41,7 @@ def test_no_side_leaves_hooks_or_changes_the_model():
 
 def test_interleaved_medians_times_every_call_after_warmup():
     calls = {"a": [], "b": []}
-    seconds = cams.interleaved_medians({k: (lambda k=k: calls[k].append(1)) for k in calls}, "cpu", repeats=3,
+    seconds = interleaved_medians({k: (lambda k=k: calls[k].append(1)) for k in calls}, "cpu", repeats=3,
                                        warmup=1, after=lambda side: calls[side].append(0))
     assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
     assert calls["a"] == [1, 0] * 4

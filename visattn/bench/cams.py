@@ -28,12 +28,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import ctypes.util
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -45,7 +41,7 @@ import torch
 from torch import nn
 
 from ..cam import canonical_cam_name, create_cam
-from .timing import check_device, synchronize
+from .timing import check_device, interleaved_medians, peak_memory_bytes
 
 __all__ = ["run_cam_benchmark", "add_arguments", "run_from_args", "main", "DEFAULT_METHODS", "TOLERANCE"]
 
@@ -133,59 +129,6 @@ def _max_abs_diff(ours: torch.Tensor, theirs: np.ndarray, flipped: np.ndarray | 
         flips = int((diff_flipped < diff).sum())
         diff = np.minimum(diff, diff_flipped)
     return float(diff.max()), flips
-
-
-def interleaved_medians(calls: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 0,
-                        after: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Median seconds per call of each callable, timed in rounds (one call of each per round) after ``warmup`` rounds.
-
-    ``after(side)`` runs after each call, outside the timed region (e.g. a check on the model's state).
-    """
-    times: dict[str, list[float]] = {side: [] for side in calls}
-    for i in range(warmup + repeats):
-        for side, call in calls.items():
-            synchronize(device)
-            start = time.perf_counter()
-            call()
-            synchronize(device)
-            if i >= warmup:
-                times[side].append(time.perf_counter() - start)
-            if after is not None:
-                after(side)
-    return {side: statistics.median(t) for side, t in times.items()}
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def peak_memory_bytes(call: Callable[[], object], device: str) -> int | None:
-    """Peak memory one call adds over what was held before it; None where it cannot be measured."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        call()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
-    if libc is None or not hasattr(libc, "malloc_trim"):
-        return None
-    try:
-        # Freed heap pages would otherwise be reused without showing up in the peak; give them back first.
-        libc.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
-        before = _status_kib("VmRSS")
-        call()
-        return max(_status_kib("VmHWM") - before, 0) * 1024
-    except OSError:
-        return None
 
 
 def run_cam_benchmark(
