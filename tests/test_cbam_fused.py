@@ -1,0 +1,82 @@
+"""The fused channel-first CBAM equals CBAM's equations computed naively, forward and backward, in float64."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from visattn.blocks import CBAM
+from visattn.blocks.cbam_fused import fused_cbam_supported
+
+
+def _naive(block: CBAM, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 2-3 of the paper with plain torch ops (no fused pooling, float64 throughout)."""
+    ca, sa = block.channel, block.spatial
+    mlp = lambda v: ca.fc2(ca.act(ca.fc1(v)))  # noqa: E731
+    channel = ca.gate(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))
+    x1 = x * channel[:, :, None, None]
+    z = sa.conv(torch.cat((x1.mean(1, keepdim=True), x1.amax(1, keepdim=True)), 1))
+    norm = sa.norm
+    if isinstance(norm, torch.nn.BatchNorm2d):
+        z = F.batch_norm(z, None, None, norm.weight, norm.bias, training=True, eps=norm.eps)
+    return x1 * sa.gate(z)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("norm_layer", ["batchnorm", None])
+@pytest.mark.parametrize("identity_init", [False, True])
+def test_fused_matches_the_equations(channels_last: bool, norm_layer: str | None, identity_init: bool) -> None:
+    block = CBAM(16, rd_channels=4, norm_layer=norm_layer, identity_init=identity_init, mlp_bias=True).double().train()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    reference = copy.deepcopy(block)
+    composed = copy.deepcopy(block)
+    composed.fused = False
+    x = torch.randn(3, 16, 7, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert fused_cbam_supported(block, x)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = block(xa), _naive(reference, xb)
+    grad = torch.randn_like(ya)
+    ya.backward(grad)
+    yb.backward(grad)
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-12)
+    for (name, pa), pb in zip(block.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-10, atol=1e-12, msg=name)
+    composed(x)  # BatchNorm running statistics: updated once per forward, as by the composed modules
+    for a, b in zip(block.buffers(), composed.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)  # the composed pooling accumulates in float32
+
+
+def test_fused_is_used_only_where_it_applies() -> None:
+    block = CBAM(8)
+    x = torch.randn(2, 8, 4, 4)
+    assert fused_cbam_supported(block, x)
+    with torch.no_grad():
+        assert not fused_cbam_supported(block, x)  # inference: the composed path is as cheap
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_cbam_supported(block, x)
+    assert not fused_cbam_supported(CBAM(8, order="parallel"), x)
+    assert not fused_cbam_supported(CBAM(8, order="spatial_first"), x)
+
+
+def test_fused_and_composed_train_alike_in_float32() -> None:
+    torch.manual_seed(0)
+    fused = CBAM(32).train()
+    composed = copy.deepcopy(fused)
+    composed.fused = False
+    x = torch.randn(4, 32, 9, 9)
+    for model in (fused, composed):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(fused.state_dict().values(), composed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
