@@ -30,6 +30,7 @@ def _naive(block: CBAM, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("identity_init", [False, True])
 def test_fused_matches_the_equations(channels_last: bool, norm_layer: str | None, identity_init: bool) -> None:
     block = CBAM(16, rd_channels=4, norm_layer=norm_layer, identity_init=identity_init, mlp_bias=True).double().train()
+    block.fused_min_numel = 0  # fuse even this small test input
     with torch.no_grad():
         for p in block.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
@@ -57,18 +58,23 @@ def test_fused_matches_the_equations(channels_last: bool, norm_layer: str | None
 def test_fused_is_used_only_where_it_applies() -> None:
     block = CBAM(8)
     x = torch.randn(2, 8, 4, 4)
+    assert not fused_cbam_supported(block, x)  # small maps: the composed modules are faster
+    block.fused_min_numel = 0
     assert fused_cbam_supported(block, x)
     with torch.no_grad():
         assert not fused_cbam_supported(block, x)  # inference: the composed path is as cheap
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not fused_cbam_supported(block, x)
-    assert not fused_cbam_supported(CBAM(8, order="parallel"), x)
-    assert not fused_cbam_supported(CBAM(8, order="spatial_first"), x)
+    for order in ("parallel", "spatial_first"):
+        other = CBAM(8, order=order)
+        other.fused_min_numel = 0
+        assert not fused_cbam_supported(other, x)
 
 
 def test_fused_and_composed_train_alike_in_float32() -> None:
     torch.manual_seed(0)
     fused = CBAM(32).train()
+    fused.fused_min_numel = 0
     composed = copy.deepcopy(fused)
     composed.fused = False
     x = torch.randn(4, 32, 9, 9)

@@ -79,9 +79,12 @@ class CBAM(nn.Module):
         dd = {"device": device, "dtype": dtype}
         channels = check_channels(channels)
         self.order = order
-        # One autograd node for channel_first training (cbam_fused.py): same maths, less memory and traffic. Set
-        # False to run the composed modules (e.g. to hook the gates' internals during training).
+        # One autograd node for channel_first training (cbam_fused.py): same maths, less memory and traffic. It is
+        # used for feature maps of at least `fused_min_numel` elements (8 MB in float32), where allocation and
+        # memory traffic dominate; on small maps its gain was within run-to-run noise on CPU. Set `fused = False`
+        # to always run the composed modules.
         self.fused = True
+        self.fused_min_numel = 1 << 21
         self.channel = ChannelAttention(
             channels,
             rd_ratio=rd_ratio,

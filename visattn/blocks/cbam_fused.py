@@ -28,10 +28,12 @@ __all__ = ["fused_cbam_supported", "fused_channel_first_cbam"]
 
 
 def fused_cbam_supported(block: CBAM, x: torch.Tensor) -> bool:
-    """True when the fused path applies: channel-first order, training with autograd on, no autocast, 4-D input, and
-    a spatial norm that is BatchNorm2d or none (its batch statistics are recomputed exactly in backward)."""
+    """True when the fused path applies: channel-first order, training with autograd on, no autocast, a 4-D input of
+    at least ``block.fused_min_numel`` elements, and a spatial norm that is BatchNorm2d or none (its batch statistics
+    are recomputed exactly in backward)."""
     norm = block.spatial.norm
     return (block.order == "channel_first" and torch.is_grad_enabled() and x.ndim == 4
+            and x.numel() >= block.fused_min_numel
             and not torch.is_autocast_enabled(x.device.type)
             and (type(norm) is nn.Identity or type(norm) is nn.BatchNorm2d))
 
@@ -53,9 +55,33 @@ def _spatial_gate(block: CBAM, descriptors: torch.Tensor, *, update_stats: bool)
     return sa.gate(z)
 
 
-def _as_bcp(t: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H*W)`` view of a 4-D tensor (a copy unless it is NCHW-contiguous)."""
+def _positions_first(t: torch.Tensor) -> bool:
+    """True for a channels_last tensor, whose ``(B, H*W, C)`` view is free (an NCHW one has a free ``(B, C, H*W)``)."""
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _bpc(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1])
+
+
+def _bcp(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1)
+
+
+def _sum_channels(t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_c t[b, c, p] * weights[b, c]``, shape ``(B, H*W)``, as one batched matmul over a free view of ``t``."""
+    weights = weights.to(t.dtype)
+    if _positions_first(t):
+        return torch.bmm(_bpc(t), weights[:, :, None]).squeeze(2)
+    return torch.bmm(weights[:, None, :], _bcp(t)).squeeze(1)
+
+
+def _sum_positions(t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_p t[b, c, p] * weights[b, p]``, shape ``(B, C)``, as one batched matmul over a free view of ``t``."""
+    weights = weights.reshape(t.shape[0], -1).to(t.dtype)
+    if _positions_first(t):
+        return torch.bmm(weights[:, None, :], _bpc(t)).squeeze(1)
+    return torch.bmm(_bcp(t), weights[:, :, None]).squeeze(2)
 
 
 def _add_at_positions(grad: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
@@ -63,6 +89,9 @@ def _add_at_positions(grad: torch.Tensor, index: torch.Tensor, values: torch.Ten
     b, c, h, w = grad.shape
     if grad.is_contiguous():
         grad.view(b, c, h * w).scatter_add_(2, index[:, :, None], values[:, :, None].to(grad.dtype))
+        return
+    if _positions_first(grad):
+        _bpc(grad).scatter_add_(1, index[:, None, :], values[:, None, :].to(grad.dtype))
         return
     bi, ci = (t.reshape(-1) for t in torch.meshgrid(torch.arange(b, device=grad.device),
                                                       torch.arange(c, device=grad.device), indexing="ij"))
@@ -74,9 +103,10 @@ class _ChannelFirstCBAM(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, block: CBAM, *params: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        flat = x.flatten(2)  # (B, C, HW): a view for NCHW, a copy for channels_last (small next to the rest)
-        pooled_avg = flat.mean(2)
-        pooled_max, spatial_index = flat.max(2)
+        positions = 1 if _positions_first(x) else 2  # pool over H*W in whichever view is free
+        flat = _bpc(x) if positions == 1 else _bcp(x)
+        pooled_avg = flat.mean(positions)
+        pooled_max, spatial_index = flat.max(positions)
         pooled = torch.stack((pooled_avg, pooled_max), dim=1)  # (B, 2, C)
         channel = _channel_gate(block, pooled)  # (B, C)
         out = x * channel[:, :, None, None]  # x1 = M_c(x) * x; becomes the output in place below
@@ -103,8 +133,7 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         # Its buffer is then reused for dL/dx: a full-size allocation costs page faults on CPU (glibc maps
         # tensors above 32 MB afresh every time).
         buffer = grad_out * x
-        gx = _as_bcp(buffer)
-        grad_spatial = torch.bmm(channel[:, None, :].to(gx.dtype), gx).view(b, 1, h, w)
+        grad_spatial = _sum_channels(buffer, channel).view(b, 1, h, w)
         with torch.enable_grad():
             desc = descriptors.detach().requires_grad_()
             gate = _spatial_gate(block, desc, update_stats=False)
@@ -115,8 +144,7 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         grad_peak = grad_desc[:, 1:]  # (B, 1, H, W): to the arg-max channel of each position
 
         # dL/dx1 = grad_out * M_s + grad_mean (+ grad_peak at the arg-max channels)
-        grad_channel = (torch.bmm(gx, spatial.reshape(b, h * w, 1))
-                        + torch.bmm(_as_bcp(x), grad_mean.reshape(b, h * w, 1))).squeeze(2)
+        grad_channel = _sum_positions(buffer, spatial) + _sum_positions(x, grad_mean)
         peak_x = x.gather(1, channel_index)  # x at each position's arg-max channel
         grad_channel.scatter_add_(1, channel_index.reshape(b, h * w), (peak_x * grad_peak).reshape(b, h * w))
         with torch.enable_grad():

@@ -6,7 +6,7 @@ they are skipped and the perturbation metrics and the sanity check still run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -44,7 +44,7 @@ def validation_batch(trained: TrainedModel, count: int) -> tuple[torch.Tensor, t
     return torch.stack([p[0] for p in keep]), torch.tensor([p[1] for p in keep]), None
 
 
-def _maker(method: str, target_layers: LayerSpec) -> callable:
+def _maker(method: str, target_layers: LayerSpec) -> Callable[[nn.Module], Explain]:
     def make_explain(model: nn.Module) -> Explain:
         cam = create_cam(method, model, target_layers)
         return lambda images, classes: cam(images, classes)
