@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, get_worker_info
 
 from ..cam.layers import resolve_layers
-from ..data.datasets import build_datasets
+from ..data.datasets import build_datasets, raw_images
 from ..data.folder import collate_skipping
 from ..files import atomic_write_text
 from ..utils import count_params
@@ -34,7 +34,7 @@ from .loop import EpochStats, Schedule, evaluate, train_one_epoch
 from .model import build_model
 from .optim import build_optimizer
 from .reporting import append_metrics, plot_curves, read_metrics, summary_table
-from .trained import weights_metadata
+from .trained import load_trained, weights_metadata
 
 __all__ = ["RunResult", "train", "resolve_device"]
 
@@ -269,9 +269,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
 
 
 def _write_overlays(run_dir: Path, cfg: TrainConfig, val: Any) -> None:
-    from ..data.datasets import raw_images
-    from ..export.explain import overlay_files
-    from .trained import load_trained
+    from ..export.explain import overlay_files  # PIL drawing and fonts: loaded only by runs that export
 
     trained = load_trained(run_dir)  # the best weights, rebuilt exactly as `visattn overlay` would
     manifest = overlay_files(trained, run_dir / "overlays", images=raw_images(val, cfg.eval.overlays),
