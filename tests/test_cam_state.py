@@ -144,3 +144,11 @@ def test_images_are_checked() -> None:
         cam(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(TypeError, match="images must be"):
         cam([[0.0]])
+
+
+def test_images_must_match_the_model_and_be_normalised() -> None:
+    cam = create_cam("gradcam", _model())
+    with pytest.raises(ValueError, match="images have 1 channels but the model's first conv takes 3"):
+        cam(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="look like raw 0-255 pixel values"):
+        cam(torch.rand(1, 3, 64, 64) * 255)

@@ -63,6 +63,14 @@ def fuse_layer_maps(layer_maps: list[torch.Tensor], size: tuple[int, int]) -> to
     return normalize_maps(fused)
 
 
+def _input_channels(model: nn.Module) -> int | None:
+    """In-channels of the model's first convolution, or None for a model without one."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return None
+
+
 class BaseCAM:
     """Base for class activation map methods; subclasses implement :meth:`_layer_maps`.
 
@@ -177,6 +185,14 @@ class BaseCAM:
         if images.ndim != 4 or not images.is_floating_point():
             raise ValueError(f"images must be a (B, C, H, W) float tensor (normalised model input), "
                              f"got shape {tuple(images.shape)} dtype {images.dtype}")
+        expected = _input_channels(self.model)
+        if expected is not None and images.shape[1] != expected:
+            raise ValueError(f"images have {images.shape[1]} channels but the model's first conv takes {expected}; "
+                             "convert greyscale / RGBA images to RGB first")
+        peak = float(images.detach().abs().amax()) if images.numel() else 0.0
+        if peak > 20:  # normalised inputs stay within a few units; 0-255 pixel values do not
+            raise ValueError(f"images reach |{peak:.0f}|: they look like raw 0-255 pixel values; normalise them as "
+                             "the model was trained (e.g. the training config's eval transform)")
         device, dtype = model_device_dtype(self.model)
         return images.detach().to(device=device, dtype=dtype)
 

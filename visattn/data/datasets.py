@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,13 @@ def raw_images(dataset: Dataset, count: int) -> list[tuple[str, np.ndarray]]:
     if isinstance(dataset, ArrayDataset):
         return [(f"val_{i:04d}", dataset.images[i]) for i in range(count)]
     if isinstance(dataset, ImageFileDataset):
-        return [(path, read_rgb(path)) for path, _ in dataset.samples[:count]]
+        images = []
+        for path, _ in dataset.samples[:count]:
+            try:
+                images.append((path, read_rgb(path)))
+            except (OSError, ValueError) as err:  # an unreadable file is skipped, as in training
+                warnings.warn(f"skipped unreadable image {path}: {err}", UserWarning, stacklevel=2)
+        return images
     raise TypeError(f"cannot read raw images from {type(dataset).__name__}")
 
 
