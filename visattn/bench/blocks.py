@@ -11,16 +11,16 @@ measurement, since the CPU allocator keeps no counters (Linux only).
 from __future__ import annotations
 
 import multiprocessing as mp
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .timing import check_device, synchronize
+from .timing import check_device, interleaved_medians, proc_status_kib, synchronize
 
 __all__ = ["Case", "cases", "run_block_benchmark"]
 
@@ -115,24 +115,7 @@ def time_sides(case: Case, sides: list[str], device: str, repeats: int, warmup: 
     """Median seconds per forward+backward (or train step) for each side, measured in interleaved rounds."""
     modules = {s: build(case, s).to(device).train() for s in sides}
     x, y = _inputs(case, device)
-    times: dict[str, list[float]] = {s: [] for s in sides}
-    for i in range(warmup + repeats):
-        for side, module in modules.items():
-            synchronize(device)
-            start = time.perf_counter()
-            _step(module, case, x, y)
-            synchronize(device)
-            if i >= warmup:
-                times[side].append(time.perf_counter() - start)
-    return {s: statistics.median(t) for s, t in times.items()}
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    return interleaved_medians({s: partial(_step, m, case, x, y) for s, m in modules.items()}, device, repeats, warmup)
 
 
 def _cpu_peak_worker(case: Case, side: str, queue: mp.Queue) -> None:
@@ -143,9 +126,9 @@ def _cpu_peak_worker(case: Case, side: str, queue: mp.Queue) -> None:
     _step(module, tiny, *_inputs(tiny, "cpu"))  # load kernels and thread pools outside the measurement
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS counter (Linux >= 4.0) so imports and set-up do not count
-    before = _status_kib("VmRSS")
+    before = proc_status_kib("VmRSS")
     _step(module, case, x, y)
-    queue.put((_status_kib("VmHWM") - before) * 1024)
+    queue.put((proc_status_kib("VmHWM") - before) * 1024)
 
 
 def peak_memory_bytes(case: Case, side: str, device: str) -> int:

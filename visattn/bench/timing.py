@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_device", "synchronize", "interleaved_medians", "peak_memory_bytes"]
+__all__ = ["check_device", "synchronize", "interleaved_medians", "peak_memory_bytes", "proc_status_kib"]
 
 
 def check_device(device: str) -> None:
@@ -45,7 +45,8 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], device: str, rep
     return {side: statistics.median(t) for side, t in times.items()}
 
 
-def _status_kib(field: str) -> int:
+def proc_status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (Linux), e.g. ``VmRSS`` or the peak ``VmHWM``."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -71,8 +72,8 @@ def peak_memory_bytes(call: Callable[[], object], device: str) -> int | None:
         libc.malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
-        before = _status_kib("VmRSS")
+        before = proc_status_kib("VmRSS")
         call()
-        return max(_status_kib("VmHWM") - before, 0) * 1024
+        return max(proc_status_kib("VmHWM") - before, 0) * 1024
     except OSError:
         return None
