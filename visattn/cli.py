@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the ``visattn`` command."""
     from .bench.cams import add_arguments as add_cam_bench_arguments
     from .bench.cams import run_from_args as run_cam_bench
+    from .cam import DEFAULT_OVERLAY_METHODS, list_cams
 
     parser = argparse.ArgumentParser(prog="visattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,9 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     overlay.add_argument("--samples", type=int, default=0, metavar="N",
                          help="also explain the first N validation images of the config's data (e.g. built-in shapes)")
     overlay.add_argument("--out", "-o", default="overlays", help="output folder (default ./overlays)")
-    overlay.add_argument("--methods", default="gradcam,gradcam++,layercam,eigencam",
-                         help="comma-separated CAM methods: gradcam, gradcam++, xgradcam, hirescam, layercam, "
-                              "scorecam, eigencam")
+    overlay.add_argument("--methods", default=",".join(DEFAULT_OVERLAY_METHODS),
+                         help=f"comma-separated CAM methods, from: {', '.join(list_cams())}")
     overlay.add_argument("--blocks", default="*",
                          help="module-name patterns of attention blocks whose own maps to show, or 'none'")
     overlay.add_argument("--query", default="0.5,0.5", metavar="Y,X[;Y,X]",
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score CAM methods on the validation images of a trained model's data (object masks for the "
                     "pointing games come with the built-in shapes data). Writes faithfulness.json and .png.")
     _add_model_args(faith)
-    faith.add_argument("--methods", default="gradcam,gradcam++,xgradcam,hirescam,layercam,scorecam,eigencam",
+    faith.add_argument("--methods", default=",".join(list_cams()),
                        help="comma-separated CAM methods (default: all)")
     faith.add_argument("--num-images", type=int, default=200, help="validation images to score (default 200)")
     faith.add_argument("--out", "-o", default="faithfulness", help="output folder (default ./faithfulness)")

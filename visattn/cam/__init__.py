@@ -22,13 +22,17 @@ from .score import ScoreCAM
 from .targets import Targets
 
 __all__ = [
-    "create_cam", "list_cams", "canonical_cam_name", "BaseCAM", "CamResult", "GradCAM", "GradCAMPlusPlus", "XGradCAM",
+    "create_cam", "list_cams", "canonical_cam_name", "DEFAULT_OVERLAY_METHODS", "BaseCAM", "CamResult", "GradCAM",
+    "GradCAMPlusPlus", "XGradCAM",
     "HiResCAM", "LayerCAM", "ScoreCAM", "EigenCAM", "block_maps", "BlockMaps", "Targets", "LayerSpec",
     "default_target_layer", "resolve_layers", "normalize_maps", "fuse_layer_maps",
 ]
 
 _METHODS: dict[str, type[BaseCAM]] = {
     cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, EigenCAM)}
+# What overlays show unless told otherwise: the three gradient maps that differ most, and a class-agnostic one.
+# Score-CAM is left out because it needs one forward pass per channel.
+DEFAULT_OVERLAY_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
 _ALIASES = {"gradcampp": "gradcam++", "gradcam_pp": "gradcam++", "grad-cam": "gradcam", "score-cam": "scorecam",
             "eigen-cam": "eigencam", "layer-cam": "layercam", "hires-cam": "hirescam", "xgrad-cam": "xgradcam"}
 

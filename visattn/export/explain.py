@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cam import block_maps, create_cam
+from ..cam import DEFAULT_OVERLAY_METHODS, block_maps, create_cam
 from ..cam.base import BaseCAM
 from ..cam.layers import LayerSpec, resolve_layers
 from ..data.transforms import eval_geometry, normalize_to_tensor
@@ -22,9 +22,7 @@ from ..utils import model_device_dtype
 from .images import expand_image_sources, load_image
 from .writer import OverlayItem, write_overlays
 
-__all__ = ["DEFAULT_METHODS", "explain_images", "overlay_files", "read_sources"]
-
-DEFAULT_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
+__all__ = ["explain_images", "overlay_files", "read_sources"]
 
 
 def read_sources(sources: Sequence[str | Path], errors: list[dict[str, str]]) -> Iterator[tuple[str, np.ndarray]]:
@@ -48,7 +46,7 @@ def explain_images(
         trained: TrainedModel,
         images: Iterable[tuple[str, np.ndarray]],
         *,
-        methods: Sequence[str] = DEFAULT_METHODS,
+        methods: Sequence[str] = DEFAULT_OVERLAY_METHODS,
         target_layers: LayerSpec = None,
         block_patterns: str | Sequence[str] | None = "*",
         queries: Sequence[tuple[float, float]] = ((0.5, 0.5),),
@@ -140,7 +138,7 @@ def overlay_files(
         *,
         sources: Sequence[str | Path] = (),
         images: Iterable[tuple[str, np.ndarray]] = (),
-        methods: Sequence[str] = DEFAULT_METHODS,
+        methods: Sequence[str] = DEFAULT_OVERLAY_METHODS,
         target_layers: LayerSpec = None,
         block_patterns: str | Sequence[str] | None = "*",
         queries: Sequence[tuple[float, float]] = ((0.5, 0.5),),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..cam import DEFAULT_OVERLAY_METHODS, canonical_cam_name
 from .config_loader import load_config
 
 __all__ = [
@@ -134,16 +135,14 @@ class EvalConfig:
 
     every: int = 1  # epochs
     overlays: int = 0  # at the end, write CAM overlays of this many validation images into <run>/overlays
-    overlay_methods: list[str] = field(default_factory=lambda: ["gradcam", "gradcam++", "layercam", "eigencam"])
+    overlay_methods: list[str] = field(default_factory=lambda: list(DEFAULT_OVERLAY_METHODS))
     overlay_layers: list[str] | None = None  # CAM target layers; None: the last spatial stage
 
     def __post_init__(self) -> None:
-        from ..cam import canonical_cam_name  # raises ValueError naming the valid methods
-
         if self.every < 1 or self.overlays < 0:
             raise ValueError(f"every must be >= 1 and overlays >= 0, got every={self.every}, overlays={self.overlays}")
         for method in self.overlay_methods:
-            canonical_cam_name(method)
+            canonical_cam_name(method)  # raises ValueError naming the valid methods
 
 
 @dataclass
