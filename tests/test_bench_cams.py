@@ -47,6 +47,12 @@ def test_interleaved_medians_times_every_call_after_warmup():
     assert calls["a"] == [1, 0] * 4
 
 
+def test_interleaved_medians_rotates_the_order_each_round():
+    seen = []
+    interleaved_medians({k: (lambda k=k: seen.append(k)) for k in "abc"}, "cpu", repeats=2, warmup=1)
+    assert "".join(seen) == "abcbcacab"
+
+
 def test_peak_memory_sees_a_large_allocation():
     peak = cams.peak_memory_bytes(lambda: torch.ones(64, 2**20).sum(), "cpu")  # 256 MiB
     if peak is None:

@@ -86,3 +86,25 @@ def test_fused_and_composed_train_alike_in_float32() -> None:
             opt.step()
     for a, b in zip(fused.state_dict().values(), composed.state_dict().values(), strict=True):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_backward_twice_and_with_frozen_gates() -> None:
+    torch.manual_seed(0)
+    block = CBAM(16, rd_channels=4).double().train()
+    block.fused_min_numel = 0
+    for p in block.channel.parameters():
+        p.requires_grad_(False)  # a frozen channel gate: its MLP gets no gradient, the rest still does
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64, requires_grad=True)
+    y = block(x)
+    grad = torch.randn_like(y)
+    y.backward(grad, retain_graph=True)
+    first = [x.grad.clone()] + [p.grad.clone() for p in block.spatial.parameters()]
+    y.backward(grad)  # the gates' small graphs are kept for a second backward
+    second = [x.grad] + [p.grad for p in block.spatial.parameters()]
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(2 * a, b)
+    assert all(p.grad is None for p in block.channel.parameters())
+    reference = copy.deepcopy(block)
+    xb = x.detach().clone().requires_grad_()
+    _naive(reference, xb).backward(grad)
+    torch.testing.assert_close(first[0], xb.grad)

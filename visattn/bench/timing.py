@@ -29,11 +29,15 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], device: str, rep
                         after: Callable[[str], None] | None = None) -> dict[str, float]:
     """Median seconds per call of each callable, timed in rounds (one call of each per round) after ``warmup`` rounds.
 
+    The order within a round rotates from one round to the next: on CPU a call measurably depends on what ran just
+    before it (cache and allocator state), and a fixed order would hand that bias to one side.
     ``after(side)`` runs after each call, outside the timed region (e.g. a check on the model's state).
     """
     times: dict[str, list[float]] = {side: [] for side in calls}
+    sides = list(calls)
     for i in range(warmup + repeats):
-        for side, call in calls.items():
+        for side in sides[i % len(sides):] + sides[:i % len(sides)]:
+            call = calls[side]
             synchronize(device)
             start = time.perf_counter()
             call()

@@ -3,10 +3,10 @@
 Composed from modules, CBAM saves two feature-map-sized tensors per block for backward (its input ``x`` for the
 channel gate and ``x * M_c`` for the spatial gate) and its backward makes several full passes that autograd then
 accumulates into ``x``'s gradient. On CPU, where these blocks are memory-bound, that allocation and traffic is most of
-CBAM's cost inside a ResNet. Here the forward pass runs without recording, saves ``x``, the two gates and the small
-descriptors, and the backward pass recomputes ``x * M_c`` once and writes ``x``'s gradient in place. The gates' own
-small networks (MLP, 7x7 conv, norm) are re-run under autograd on their tiny inputs to get their gradients, so any
-activation, gate or ``identity_init`` blend works unchanged.
+CBAM's cost inside a ResNet. Here the forward pass saves ``x``, the two gates and the arg-max indices, and the backward
+pass never rebuilds ``x * M_c`` and writes ``x``'s gradient into one buffer in place. The gates' own small networks
+(MLP, 7x7 conv, norm) run under autograd on their tiny inputs in the forward pass, and backward differentiates those
+small graphs, so any activation, gate or ``identity_init`` blend works unchanged and nothing runs twice.
 
 Used by :class:`~visattn.blocks.cbam.CBAM` for ``order='channel_first'`` when it trains without autocast; the
 composed modules remain the reference (the tests compare the two to float64 precision).
@@ -14,17 +14,21 @@ composed modules remain the reference (the tests compare the two to float64 prec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from .pooling import max_with_index
 
 if TYPE_CHECKING:
     from .cbam import CBAM
 
 __all__ = ["fused_cbam_supported", "fused_channel_first_cbam"]
+
+_CHUNK_ELEMENTS = 1 << 19  # 2 MB of float32 per temporary in _sum_positions
 
 
 def fused_cbam_supported(block: CBAM, x: torch.Tensor) -> bool:
@@ -43,16 +47,26 @@ def _channel_gate(block: CBAM, pooled: torch.Tensor) -> torch.Tensor:
     return ca.gate(ca.fc2(ca.act(ca.fc1(pooled))).sum(dim=1))
 
 
-def _spatial_gate(block: CBAM, descriptors: torch.Tensor, *, update_stats: bool) -> torch.Tensor:
+def _spatial_gate(block: CBAM, descriptors: torch.Tensor) -> torch.Tensor:
     sa = block.spatial
-    z = sa.conv(descriptors)
-    norm = sa.norm
-    if isinstance(norm, nn.BatchNorm2d) and norm.training and not update_stats:
-        # The same batch statistics as the forward pass, without counting this batch in the running ones twice.
-        z = F.batch_norm(z, None, None, norm.weight, norm.bias, training=True, eps=norm.eps)
-    else:
-        z = norm(z)
-    return sa.gate(z)
+    return sa.gate(sa.norm(sa.conv(descriptors)))
+
+
+def _small_graph(gate: Callable[[CBAM, torch.Tensor], torch.Tensor], block: CBAM,
+                 inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gate(block, inputs)`` recorded by autograd from a leaf copy of ``inputs``: returns (leaf, output)."""
+    with torch.enable_grad():
+        leaf = inputs.detach().requires_grad_()
+        return leaf, gate(block, leaf)
+
+
+def _small_graph_grads(leaf: torch.Tensor, output: torch.Tensor, module: nn.Module,
+                       grad_output: torch.Tensor) -> tuple[torch.Tensor, dict[nn.Parameter, torch.Tensor]]:
+    """Gradients of a :func:`_small_graph` w.r.t. its leaf and ``module``'s trainable parameters."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    # retain_graph: a caller's backward(retain_graph=True) may run this node's backward again.
+    grads = torch.autograd.grad(output, [leaf, *params], grad_output, retain_graph=True)
+    return grads[0], dict(zip(params, grads[1:], strict=True))
 
 
 def _positions_first(t: torch.Tensor) -> bool:
@@ -68,20 +82,19 @@ def _bcp(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1)
 
 
-def _sum_channels(t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum_c t[b, c, p] * weights[b, c]``, shape ``(B, H*W)``, as one batched matmul over a free view of ``t``."""
-    weights = weights.to(t.dtype)
-    if _positions_first(t):
-        return torch.bmm(_bpc(t), weights[:, :, None]).squeeze(2)
-    return torch.bmm(weights[:, None, :], _bcp(t)).squeeze(1)
-
-
 def _sum_positions(t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum_p t[b, c, p] * weights[b, p]``, shape ``(B, C)``, as one batched matmul over a free view of ``t``."""
-    weights = weights.reshape(t.shape[0], -1).to(t.dtype)
+    """``sum_p t[b, c, p] * weights[b, p]``, shape ``(B, C)``, over a free view of ``t``."""
+    b = t.shape[0]
+    weights = weights.reshape(b, -1).to(t.dtype)
     if _positions_first(t):
         return torch.bmm(weights[:, None, :], _bpc(t)).squeeze(1)
-    return torch.bmm(_bcp(t), weights[:, :, None]).squeeze(2)
+    # NCHW: one (C, H*W) mat-vec per image is ~3x slower on CPU than multiplying and summing a few images at a time,
+    # in chunks small enough to stay in cache and off the page-faulting large-allocation path (measured).
+    view, out = _bcp(t), t.new_empty(b, t.shape[1])
+    step = max(1, _CHUNK_ELEMENTS // t[0].numel())
+    for i in range(0, b, step):
+        torch.sum(view[i:i + step] * weights[i:i + step, None, :], 2, out=out[i:i + step])
+    return out
 
 
 def _add_at_positions(grad: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
@@ -102,57 +115,48 @@ def _add_at_positions(grad: torch.Tensor, index: torch.Tensor, values: torch.Ten
 class _ChannelFirstCBAM(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, block: CBAM, *params: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
         positions = 1 if _positions_first(x) else 2  # pool over H*W in whichever view is free
         flat = _bpc(x) if positions == 1 else _bcp(x)
-        pooled_avg = flat.mean(positions)
-        pooled_max, spatial_index = flat.max(positions)
-        pooled = torch.stack((pooled_avg, pooled_max), dim=1)  # (B, 2, C)
-        channel = _channel_gate(block, pooled)  # (B, C)
+        pooled_max, spatial_index = (t.squeeze(positions) for t in max_with_index(flat, positions))
+        pooled = torch.stack((flat.mean(positions), pooled_max), dim=1)  # (B, 2, C)
+        pooled_leaf, channel_graph = _small_graph(_channel_gate, block, pooled)
+        channel = channel_graph.detach()  # (B, C)
         out = x * channel[:, :, None, None]  # x1 = M_c(x) * x; becomes the output in place below
-        mean = out.mean(1, keepdim=True)
-        peak, channel_index = out.max(1, keepdim=True)
-        descriptors = torch.cat((mean, peak), dim=1).contiguous(memory_format=torch.channels_last)
-        spatial = _spatial_gate(block, descriptors, update_stats=True)  # (B, 1, H, W)
+        peak, channel_index = max_with_index(out, 1)
+        descriptors = torch.cat((out.mean(1, keepdim=True), peak), dim=1).contiguous(memory_format=torch.channels_last)
+        desc_leaf, spatial_graph = _small_graph(_spatial_gate, block, descriptors)  # BatchNorm counts this batch once
+        spatial = spatial_graph.detach()  # (B, 1, H, W)
         out.mul_(spatial)
         ctx.block = block
-        ctx.save_for_backward(x, channel, spatial, pooled, descriptors, spatial_index, channel_index)
+        ctx.graphs = (pooled_leaf, channel_graph, desc_leaf, spatial_graph)
+        ctx.save_for_backward(x, channel, spatial, spatial_index, channel_index)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, channel, spatial, pooled, descriptors, spatial_index, channel_index = ctx.saved_tensors
+        x, channel, spatial, spatial_index, channel_index = ctx.saved_tensors
+        pooled_leaf, channel_graph, desc_leaf, spatial_graph = ctx.graphs
         block: CBAM = ctx.block
         b, c, h, w = x.shape
-        params = list(block.parameters())
-        trainable = [p for p in params if p.requires_grad]
 
-        # grad_out * x feeds both gates' gradients through batched matmuls, so x * M_c is never rebuilt:
-        #   dL/dM_s[b,h,w] = sum_c grad_out * x * M_c      dL/dM_c[b,c] = sum_hw dL/dx1 * x
-        # Its buffer is then reused for dL/dx: a full-size allocation costs page faults on CPU (glibc maps
-        # tensors above 32 MB afresh every time).
+        # One full-size buffer, grad_out * x, feeds both gates' gradients, so x * M_c is never rebuilt:
+        #   dL/dM_c[b,c] gets sum_hw grad_out * x * M_s      dL/dM_s[b,h,w] = sum_c grad_out * x * M_c
+        # and is then reused for dL/dx: a full-size allocation costs page faults on CPU (glibc maps tensors
+        # above 32 MB afresh every time).
         buffer = grad_out * x
-        grad_spatial = _sum_channels(buffer, channel).view(b, 1, h, w)
-        with torch.enable_grad():
-            desc = descriptors.detach().requires_grad_()
-            gate = _spatial_gate(block, desc, update_stats=False)
-        spatial_params = [p for p in block.spatial.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(gate, [desc, *spatial_params], grad_spatial)
-        grad_desc, spatial_param_grads = grads[0], grads[1:]
+        grad_channel = _sum_positions(buffer, spatial)
+        buffer.mul_(channel[:, :, None, None])
+        grad_spatial = buffer.sum(1, keepdim=True)  # a reduction over C: cheaper than a batched mat-vec here
+        grad_desc, spatial_grads = _small_graph_grads(desc_leaf, spatial_graph, block.spatial, grad_spatial)
         grad_mean = grad_desc[:, :1] * (1.0 / c)  # (B, 1, H, W): the channel mean's share, the same for every c
         grad_peak = grad_desc[:, 1:]  # (B, 1, H, W): to the arg-max channel of each position
 
-        # dL/dx1 = grad_out * M_s + grad_mean (+ grad_peak at the arg-max channels)
-        grad_channel = _sum_positions(buffer, spatial) + _sum_positions(x, grad_mean)
+        # dL/dx1 = grad_out * M_s + grad_mean (+ grad_peak at the arg-max channels); dL/dM_c = sum_hw dL/dx1 * x
+        grad_channel += _sum_positions(x, grad_mean)
         peak_x = x.gather(1, channel_index)  # x at each position's arg-max channel
         grad_channel.scatter_add_(1, channel_index.reshape(b, h * w), (peak_x * grad_peak).reshape(b, h * w))
-        with torch.enable_grad():
-            pooled_leaf = pooled.detach().requires_grad_()
-            gate_c = _channel_gate(block, pooled_leaf)
-        channel_params = [p for p in block.channel.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(gate_c, [pooled_leaf, *channel_params], grad_channel)
-        grad_pooled, channel_param_grads = grads[0], grads[1:]
+        grad_pooled, channel_grads = _small_graph_grads(pooled_leaf, channel_graph, block.channel, grad_channel)
 
         # dL/dx = dL/dx1 * M_c + the channel gate's pooling terms, written into the buffer in place.
         grad_x = torch.mul(grad_out, spatial, out=buffer)
@@ -162,9 +166,8 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         grad_x += (grad_pooled[:, 0] * (1.0 / (h * w)))[:, :, None, None]
         _add_at_positions(grad_x, spatial_index, grad_pooled[:, 1])
 
-        by_param = dict(zip(channel_params + spatial_params, channel_param_grads + spatial_param_grads, strict=True))
-        assert len(by_param) == len(trainable)
-        return (grad_x, None, *(by_param.get(p) for p in params))
+        by_param = {**channel_grads, **spatial_grads}
+        return (grad_x, None, *(by_param.get(p) for p in block.parameters()))
 
 
 def fused_channel_first_cbam(block: CBAM, x: torch.Tensor) -> torch.Tensor:

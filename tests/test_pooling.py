@@ -1,0 +1,53 @@
+"""The fused pooling ops equal PyTorch's own reductions, on every layout their fast paths take."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from visattn.blocks.pooling import max_with_index, mean_max
+
+
+def _positions_view(x: torch.Tensor) -> torch.Tensor:
+    """(B, H*W, C): the free view of a channels_last map that ChannelAttention and the fused CBAM pool over."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dim", [1, 2])
+def test_max_with_index_equals_torch_max(dtype: torch.dtype, dim: int) -> None:
+    x = torch.randn(3, 10, 7, 5).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 2] = 0.0  # a constant channel: every position ties, the first one must win
+    x[1, :, 3, 1] = 7.0  # a position that ties across all channels
+    x[2, 4, 1, 1] = float("nan")  # NaN is the maximum, as in torch.max
+    flat = _positions_view(x)
+    for t in (flat, flat.contiguous().transpose(1, 2).contiguous().transpose(1, 2)):  # fast path and strided one
+        peak, index = max_with_index(t, dim)
+        expected_peak, expected_index = t.max(dim, keepdim=True)
+        torch.testing.assert_close(peak, expected_peak, equal_nan=True, rtol=0, atol=0)
+        assert torch.equal(index, expected_index)
+
+
+def test_mean_max_gradients_match_autograd() -> None:
+    x = torch.randn(2, 6, 5, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    for view, dim in ((_positions_view, 1), (lambda t: t, 1), (lambda t: t.flatten(2), 2)):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        mean, peak = mean_max(view(a), dim)
+        ref_mean, ref_peak = view(b).mean(dim, keepdim=True), view(b).amax(dim, keepdim=True)  # no ties: same grads
+        torch.testing.assert_close((mean, peak), (ref_mean, ref_peak))
+        g_mean, g_peak = torch.randn_like(mean), torch.randn_like(peak)
+        torch.autograd.backward((mean, peak), (g_mean, g_peak))
+        torch.autograd.backward((ref_mean, ref_peak), (g_mean, g_peak))
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dim", [1, 2, -2])
+def test_max_with_index_over_a_middle_dim_of_a_contiguous_map(dtype: torch.dtype, dim: int) -> None:
+    x = torch.randn(3, 6, 5, 4).to(dtype)
+    x[0, :, 1, 2] = 0.0  # ties across channels: the first wins
+    x[1, 3, 2, 2] = float("nan")
+    peak, index = max_with_index(x, dim)
+    expected_peak, expected_index = x.max(dim, keepdim=True)
+    torch.testing.assert_close(peak, expected_peak, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(index, expected_index)
