@@ -14,17 +14,19 @@ from typing import Any
 from torch import nn
 
 from .base import BaseCAM, CamResult, fuse_layer_maps, normalize_maps
-from .block_maps import BlockMaps, block_maps
+from .block_maps import BlockMapReader, BlockMaps, block_maps
 from .eigen import EigenCAM
 from .gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .layers import LayerSpec, default_target_layer, resolve_layers
+from .many import explain_many
 from .score import ScoreCAM
 from .targets import Targets
 
 __all__ = [
     "create_cam", "list_cams", "canonical_cam_name", "DEFAULT_OVERLAY_METHODS", "BaseCAM", "CamResult", "GradCAM",
     "GradCAMPlusPlus", "XGradCAM",
-    "HiResCAM", "LayerCAM", "ScoreCAM", "EigenCAM", "block_maps", "BlockMaps", "Targets", "LayerSpec",
+    "HiResCAM", "LayerCAM", "ScoreCAM", "EigenCAM", "explain_many", "block_maps", "BlockMaps", "BlockMapReader",
+    "Targets", "LayerSpec",
     "default_target_layer", "resolve_layers", "normalize_maps", "fuse_layer_maps",
 ]
 

@@ -8,9 +8,10 @@ Lessons from pytorch-grad-cam's issue tracker shape this file: hooks are removed
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from .targets import Targets, target_classes, target_scores
 
 __all__ = ["BaseCAM", "CamResult", "normalize_maps", "fuse_layer_maps"]
 
+_T = TypeVar("_T")
 _EPS = 1e-7  # as pytorch-grad-cam's scale_cam_image, so that maps agree to float rounding
 
 
@@ -99,7 +101,7 @@ class BaseCAM:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self._layer_spec = target_layers
+        self.layer_spec = target_layers  # as given; `layers` holds the resolved (name, module) pairs
         # Resolved now when given, so a typo fails at construction; the default may need an input to probe with.
         self.layers: list[tuple[str, nn.Module]] | None = (
             resolve_layers(model, target_layers) if target_layers is not None else None)
@@ -174,7 +176,7 @@ class BaseCAM:
 
     def _ensure_hooks(self, images: torch.Tensor) -> None:
         if self.layers is None:
-            self.layers = resolve_layers(self.model, None, example=images)
+            self.layers = resolve_layers(self.model, self.layer_spec, example=images)
         if not self._handles:
             self._handles = [module.register_forward_hook(self._hook(name)) for name, module in self.layers]
 
@@ -233,6 +235,12 @@ class BaseCAM:
         Example:
             >>> result = GradCAM(model).explain(images, targets=3)
         """
+        return self.run(images, lambda x: self.result(x, *self._layer_maps(x, targets)))
+
+    def run(self, images: torch.Tensor, compute: Callable[[torch.Tensor], _T]) -> _T:
+        """``compute(images)`` with everything :meth:`explain` sets up: the images checked and moved to the model's
+        device and dtype, the hooks on the target layers, the model in eval mode without parameter gradients. The
+        state is restored afterwards (unless inside a ``with`` block, which restores it on exit)."""
         if self.uses_gradients and torch.is_inference_mode_enabled():
             raise RuntimeError(f"{type(self).__name__} needs gradients, which torch.inference_mode() forbids; call it "
                                "outside inference_mode (torch.no_grad() is fine)")
@@ -241,14 +249,28 @@ class BaseCAM:
         try:
             images = self._check_images(images)
             self._ensure_hooks(images)
-            logits, classes, layer_maps = self._layer_maps(images, targets)
-            self._warn_if_1x1(layer_maps, images)
-            maps = fuse_layer_maps(list(layer_maps.values()), (images.shape[-2], images.shape[-1]))
-            return CamResult(maps=maps, layer_maps=layer_maps, logits=logits.detach(), classes=classes)
+            return compute(images)
         finally:
             self._activations.clear()
             if called_outside_with:
                 self.close()
+
+    def result(self, images: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor | None,
+               layer_maps: dict[str, torch.Tensor]) -> CamResult:
+        """Fuse per-layer maps (``(B, h, w)``, after ReLU) into a :class:`CamResult` at the images' resolution."""
+        self._warn_if_1x1(layer_maps, images)
+        maps = fuse_layer_maps(list(layer_maps.values()), (images.shape[-2], images.shape[-1]))
+        return CamResult(maps=maps, layer_maps=layer_maps, logits=logits.detach(), classes=classes)
+
+    def maps_from_capture(self, activations: dict[str, torch.Tensor],
+                          grads: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Per-layer maps (after ReLU) from one captured pass: the target layers' activations and, for gradient
+        methods, the target score's gradients w.r.t. them. Lets :func:`visattn.cam.explain_many` share that pass.
+
+        Raises:
+            NotImplementedError: for methods that need more than one pass (Score-CAM).
+        """
+        raise NotImplementedError(f"{type(self).__name__} needs more than one forward pass")
 
     def __call__(self, images: torch.Tensor, targets: Targets = None) -> torch.Tensor:
         """``(B, H, W)`` saliency maps in ``[0, 1]``; see :meth:`explain`."""
@@ -276,19 +298,37 @@ class GradientCAM(BaseCAM):
 
     def _layer_maps(self, images: torch.Tensor, targets: Targets
                     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        logits, classes, activations, grads = self.capture_with_grads(images, targets)
+        return logits, classes, self.maps_from_capture(activations, grads)
+
+    def capture_with_grads(self, images: torch.Tensor, targets: Targets) -> tuple[
+            torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One forward pass and one backward pass from the target score down to the target layers only.
+
+        Returns:
+            logits, the explained classes (None for a callable target), and per target layer the activations and
+            the gradients of the summed target scores w.r.t. them.
+        """
         logits, activations = self.forward_capture(images)
         classes = target_classes(logits.detach(), targets)
         with torch.enable_grad():  # the caller may be inside torch.no_grad()
             # Images are independent in eval mode, so the gradient of the summed scores is each image's own gradient.
             total = target_scores(logits, targets, classes).sum()
         grads = torch.autograd.grad(total, list(activations.values()), allow_unused=True)
-        maps = {}
-        for (name, a), g in zip(activations.items(), grads, strict=True):
+        for name, g in zip(activations, grads, strict=True):
             if g is None:
                 raise ValueError(f"the target score does not depend on target layer {name!r}")
+        return logits, classes, activations, dict(zip(activations, grads, strict=True))
+
+    def maps_from_capture(self, activations: dict[str, torch.Tensor],
+                          grads: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        if grads is None:
+            raise ValueError(f"{type(self).__name__} needs the target score's gradients")
+        maps = {}
+        for name, a in activations.items():
             acc = torch.promote_types(a.dtype, torch.float32)  # half-precision models: do the map maths in float32
-            maps[name] = self.combine(a.detach().to(acc), g.to(acc)).clamp_min(0)
-        return logits, classes, maps
+            maps[name] = self.combine(a.detach().to(acc), grads[name].to(acc)).clamp_min(0)
+        return maps
 
     def combine(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """``(B, h, w)`` map (before ReLU) from activations and gradients, both ``(B, C, h, w)``."""

@@ -22,7 +22,7 @@ from ..blocks import ChannelAttention, PixelSelfAttention, SpatialAttention, Squ
 from ..utils import eval_mode, model_device_dtype
 from .base import normalize_maps
 
-__all__ = ["BlockMaps", "block_maps"]
+__all__ = ["BlockMaps", "BlockMapReader", "block_maps"]
 
 
 @dataclass
@@ -56,6 +56,124 @@ def _check_queries(queries: Sequence[tuple[float, float]]) -> list[tuple[float, 
     return checked
 
 
+class BlockMapReader:
+    """Hooks that read every matching visattn block's own attention during a forward pass run by someone else, so
+    block maps can ride on the pass a CAM makes anyway.
+
+    While entered, the first forward pass after entering (or after the last :meth:`read`) is kept: the spatial and
+    channel gates, and each self-attention block's input; :meth:`read` turns them into maps and starts over. Later
+    passes before a read (e.g. Score-CAM's masked inputs) are ignored. Hooks are removed on exit, even after an
+    exception, and exiting twice is safe.
+
+    Args:
+        model: a network containing visattn blocks (e.g. ``timm.create_model('resnet18_cbam')``).
+        patterns: fnmatch pattern(s) over module names, timm style (``'layer4.*'``); a block matches when its own name
+            or the name of a module containing it does (``'layer4'``). Blocks matching none are skipped.
+        queries: query pixels for self-attention blocks, as ``(y, x)`` fractions of the image (``(0.5, 0.5)`` = centre).
+        scale: scale each spatial / self-attention map to ``[0, 1]`` per image (gates often span a narrow band).
+
+    Example:
+        >>> with BlockMapReader(model, patterns="layer4") as reader, torch.no_grad():
+        ...     logits = model(images)
+        ...     maps = reader.read(images.shape[-2:], logits)
+    """
+
+    def __init__(self, model: nn.Module, patterns: str | Sequence[str] = "*",
+                 queries: Sequence[tuple[float, float]] = ((0.5, 0.5),), *, scale: bool = True) -> None:
+        self.model = model
+        self.patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        self.queries = _check_queries(queries)
+        self.scale = scale
+        self._handles: list[Any] = []
+        self._spatial: dict[str, torch.Tensor] = {}
+        self._channel: dict[str, torch.Tensor] = {}
+        self._attention_inputs: dict[str, tuple[PixelSelfAttention, torch.Tensor]] = {}
+        self._seen: set[str] = set()  # blocks already read in the current pass: a second pass is not mixed in
+        self._complete = False
+
+    def __enter__(self) -> BlockMapReader:
+        try:
+            for name, module in self.model.named_modules():
+                # A pattern may name the block itself or any module around it ('layer4', 'layer4.0.se' for a CBAM).
+                scopes = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)] if name else [""]
+                if not any(fnmatch.fnmatchcase(scope, p) for scope in scopes for p in self.patterns):
+                    continue
+                if isinstance(module, SpatialAttention):
+                    self._handles.append(module.gate.register_forward_hook(self._keep_gate(self._spatial, name)))
+                elif isinstance(module, (SqueezeExcite, ChannelAttention)):
+                    self._handles.append(module.gate.register_forward_hook(self._keep_gate(self._channel, name)))
+                elif isinstance(module, PixelSelfAttention):
+                    self._handles.append(module.register_forward_pre_hook(self._keep_input(name, module)))
+            self._handles.append(self.model.register_forward_hook(self._end_of_pass))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the hooks and drop what was kept. Safe to call any number of times."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._reset()
+
+    def _reset(self) -> None:
+        for kept in (self._spatial, self._channel, self._attention_inputs, self._seen):
+            kept.clear()  # in place: the hooks hold these containers
+        self._complete = False
+
+    def _keep(self, name: str) -> bool:
+        if self._complete or name in self._seen:
+            return False
+        self._seen.add(name)
+        return True
+
+    def _keep_gate(self, store: dict[str, torch.Tensor], name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if self._keep(name):
+                store[name] = output.detach().float()
+        return hook
+
+    def _keep_input(self, name: str, block: PixelSelfAttention) -> Any:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if self._keep(name):
+                self._attention_inputs[name] = (block, inputs[0].detach())
+        return hook
+
+    def _end_of_pass(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self._complete = True
+
+    def read(self, size: Sequence[int], logits: torch.Tensor | None = None) -> BlockMaps:
+        """Maps of the kept forward pass at ``size`` ``(H, W)`` (the input resolution), then start over.
+
+        Raises:
+            RuntimeError: no forward pass ran since entering or since the last read.
+        """
+        if not self._handles:
+            raise RuntimeError("BlockMapReader.read() needs the hooks: use it inside a `with` block")
+        if not self._complete:
+            raise RuntimeError("no forward pass of the model ran since the reader was entered or last read")
+        size = (int(size[0]), int(size[1]))
+        out = BlockMaps(channel=dict(self._channel), logits=logits)
+        with torch.no_grad():
+            for name, gate in self._spatial.items():
+                out.spatial[name] = _to_input_size(gate[:, 0], size, self.scale)
+            for name, (block, x) in self._attention_inputs.items():
+                h, w = x.shape[-2:]
+                flat = [min(int(y * h), h - 1) * w + min(int(xq * w), w - 1) for y, xq in self.queries]
+                with eval_mode(block):  # explanations read the eval-mode attention
+                    weights = block.query_attention(x, torch.tensor(flat, device=x.device))  # (B, P, N_kv)
+                    kh, kw = block.pool(x[:, :1]).shape[-2:]
+                for (y, xq), row in zip(self.queries, weights.unbind(1), strict=True):
+                    out.self_attention[f"{name}@{y:g},{xq:g}"] = _to_input_size(row.view(-1, kh, kw), size,
+                                                                                 self.scale)
+        self._reset()
+        return out
+
+
 def block_maps(
         model: nn.Module,
         images: torch.Tensor,
@@ -69,10 +187,7 @@ def block_maps(
     Args:
         model: a network containing visattn blocks (e.g. ``timm.create_model('resnet18_cbam')``).
         images: ``(B, C, H, W)`` normalised input.
-        patterns: fnmatch pattern(s) over module names, timm style (``'layer4.*'``); a block matches when its own name
-            or the name of a module containing it does (``'layer4'``). Blocks matching none are skipped.
-        queries: query pixels for self-attention blocks, as ``(y, x)`` fractions of the image (``(0.5, 0.5)`` = centre).
-        scale: scale each spatial / self-attention map to ``[0, 1]`` per image (gates often span a narrow band).
+        patterns, queries, scale: as :class:`BlockMapReader`.
 
     Returns:
         A :class:`BlockMaps`; it is empty when the model has no matching block.
@@ -85,52 +200,10 @@ def block_maps(
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"images must be a (B, C, H, W) float tensor, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-    pattern_list = [patterns] if isinstance(patterns, str) else list(patterns)
-    query_list = _check_queries(queries)
-    size = (images.shape[-2], images.shape[-1])
-    out = BlockMaps()
-    raw_spatial: dict[str, torch.Tensor] = {}
-    attention_inputs: dict[str, tuple[PixelSelfAttention, torch.Tensor]] = {}
-
-    def keep_gate(store: dict[str, torch.Tensor], name: str) -> Any:
-        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            store[name] = output.detach().float()
-        return hook
-
-    def keep_input(name: str, block: PixelSelfAttention) -> Any:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            attention_inputs[name] = (block, inputs[0].detach())
-        return hook
-
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            # A pattern may name the block itself or any module around it ('layer4', 'layer4.0.se' for a CBAM).
-            scopes = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)] if name else [""]
-            if not any(fnmatch.fnmatchcase(scope, p) for scope in scopes for p in pattern_list):
-                continue
-            if isinstance(module, SpatialAttention):
-                handles.append(module.gate.register_forward_hook(keep_gate(raw_spatial, name)))
-            elif isinstance(module, (SqueezeExcite, ChannelAttention)):
-                handles.append(module.gate.register_forward_hook(keep_gate(out.channel, name)))
-            elif isinstance(module, PixelSelfAttention):
-                handles.append(module.register_forward_pre_hook(keep_input(name, module)))
-        device, dtype = model_device_dtype(model)
-        with eval_mode(model), torch.no_grad():
-            out.logits = model(images.to(device=device, dtype=dtype))
-            for name, gate in raw_spatial.items():
-                out.spatial[name] = _to_input_size(gate[:, 0], size, scale)
-            for name, (block, x) in attention_inputs.items():
-                h, w = x.shape[-2:]
-                flat = [min(int(y * h), h - 1) * w + min(int(xq * w), w - 1) for y, xq in query_list]
-                weights = block.query_attention(x, torch.tensor(flat, device=x.device))  # (B, P, N_kv)
-                kh, kw = block.pool(x[:, :1]).shape[-2:]
-                for (y, xq), row in zip(query_list, weights.unbind(1), strict=True):
-                    out.self_attention[f"{name}@{y:g},{xq:g}"] = _to_input_size(row.view(-1, kh, kw), size, scale)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return out
+    device, dtype = model_device_dtype(model)
+    with BlockMapReader(model, patterns, queries, scale=scale) as reader, eval_mode(model), torch.no_grad():
+        logits = model(images.to(device=device, dtype=dtype))
+        return reader.read(images.shape[-2:], logits)
 
 
 def _to_input_size(maps: torch.Tensor, size: tuple[int, int], scale: bool) -> torch.Tensor:

@@ -26,10 +26,12 @@ class EigenCAM(BaseCAM):
     def _layer_maps(self, images: torch.Tensor, targets: Targets
                     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         logits, activations = self.forward_capture(images)
-        classes = target_classes(logits, targets)
-        maps = {name: principal_projection(a.to(torch.promote_types(a.dtype, torch.float32))).clamp_min(0)
+        return logits, target_classes(logits, targets), self.maps_from_capture(activations, None)
+
+    def maps_from_capture(self, activations: dict[str, torch.Tensor],
+                          grads: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        return {name: principal_projection(a.detach().to(torch.promote_types(a.dtype, torch.float32))).clamp_min(0)
                 for name, a in activations.items()}
-        return logits, classes, maps
 
 
 def principal_projection(activations: torch.Tensor) -> torch.Tensor:

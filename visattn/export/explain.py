@@ -6,6 +6,7 @@ This is where the model meets the export layer; ``visattn overlay`` and the quic
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cam import DEFAULT_OVERLAY_METHODS, block_maps, create_cam
+from ..cam import DEFAULT_OVERLAY_METHODS, BlockMapReader, create_cam, explain_many
 from ..cam.base import BaseCAM
 from ..cam.layers import LayerSpec, resolve_layers
 from ..data.transforms import eval_geometry, normalize_to_tensor
 from ..training.trained import TrainedModel
-from ..utils import model_device_dtype
+from ..utils import eval_mode, model_device_dtype
 from .images import expand_image_sources, load_image
 from .writer import OverlayItem, write_overlays
 
@@ -80,6 +81,8 @@ def explain_images(
     geometry, normalize = eval_geometry(trained.config.data), normalize_to_tensor(trained.config.data)
     device, _ = model_device_dtype(trained.model)
     cams = {name: create_cam(name, trained.model, target_layers) for name in methods}
+    # The block maps ride on the CAMs' forward pass (the CAMs share one between them): one pass per batch in all.
+    reader = BlockMapReader(trained.model, block_patterns, queries) if block_patterns else None
     iterator = iter(images)
     while batch := list(islice(iterator, batch_size)):
         shown: list[tuple[str, np.ndarray]] = []
@@ -98,18 +101,21 @@ def explain_images(
         for indices in groups.values():
             x = torch.stack([normalize(image=shown[i][1])["image"] for i in indices]).to(device)
             names, pictures = [shown[i][0] for i in indices], [shown[i][1] for i in indices]
-            for i, item in zip(indices, _explain_batch(trained, cams, names, pictures, x, block_patterns, queries),
-                               strict=True):
+            for i, item in zip(indices, _explain_batch(trained, cams, reader, names, pictures, x), strict=True):
                 items[i] = item
         yield from (items[i] for i in sorted(items))
 
 
-def _explain_batch(trained: TrainedModel, cams: dict[str, BaseCAM], names: list[str], shown: list[np.ndarray],
-                   x: torch.Tensor, block_patterns: str | Sequence[str] | None,
-                   queries: Sequence[tuple[float, float]]) -> Iterator[OverlayItem]:
-    results = {name: cam.explain(x) for name, cam in cams.items()}
-    attention = block_maps(trained.model, x, patterns=block_patterns, queries=queries) if block_patterns else None
-    logits = next(iter(results.values())).logits if results else attention.logits  # type: ignore[union-attr]
+def _explain_batch(trained: TrainedModel, cams: dict[str, BaseCAM], reader: BlockMapReader | None,
+                   names: list[str], shown: list[np.ndarray], x: torch.Tensor) -> Iterator[OverlayItem]:
+    with reader or nullcontext():  # hooks only while this batch runs, not while the caller holds the generator
+        results = explain_many(cams, x)
+        if results:
+            logits = next(iter(results.values())).logits
+        else:  # block maps only: a plain eval-mode pass
+            with eval_mode(trained.model), torch.no_grad():
+                logits = trained.model(x.to(dtype=model_device_dtype(trained.model)[1]))
+        attention = reader.read(x.shape[-2:], logits) if reader is not None else None
     probs = logits.float().softmax(1)
     top_p, top_c = probs.max(1)
     spatial = attention.spatial_maps() if attention is not None else {}
