@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from visattn.faithfulness import pointing_game
+from visattn.faithfulness.pointing import centre_baseline
 
 
 def _case():
@@ -80,3 +81,17 @@ def test_invalid_inputs_raise():
         pointing_game(maps, masks, on_empty="skip")
     with pytest.raises(ValueError, match="finite and non-negative"):
         pointing_game(-maps, masks)
+
+
+def test_centre_baseline_points_at_the_centre_and_spreads_evenly():
+    masks = torch.zeros(3, 5, 4, dtype=torch.bool)
+    masks[0, 2, 1] = True  # the centre: (2, 1.5) -> first central pixel in row-major order is (2, 1)
+    masks[1, 0, 3] = True  # a corner: a miss, except with a tolerance that reaches it
+    masks[1, 4, :] = True
+    result = centre_baseline(masks, on_empty="exclude")
+    assert result.hits.tolist() == [True, False, False] and result.valid.tolist() == [True, True, False]
+    torch.testing.assert_close(result.energy[:2], torch.tensor([1 / 20, 5 / 20]))
+    assert torch.isnan(result.energy[2])
+    assert centre_baseline(masks[1:2], tolerance=2).hits.tolist() == [True]  # (2, 1) to (4, 1) is 2 px
+    with pytest.raises(ValueError, match="bool tensor"):
+        centre_baseline(masks.float())

@@ -41,6 +41,9 @@ def test_metrics_rank_the_reference_methods(report):
     assert s["gradient"]["sanity_spearman"] < 0.5
     assert s["ground truth"]["sanity_spearman"] == s["random"]["sanity_spearman"] == pytest.approx(1.0)
     assert report.methods["gradient"].pointing.n_excluded == 1
+    # REGION (rows 4-9, columns 5-11 of 16x16) holds the first central pixel (7, 7) and covers 42 of 256 pixels.
+    assert report.baseline_scores() == pytest.approx({"pointing_game": 1.0, "energy_pointing_game": 42 / 256})
+    assert "centre/uniform baseline" in report.table()
 
 
 @pytest.mark.parametrize("markdown", [False, True])

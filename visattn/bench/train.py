@@ -7,10 +7,9 @@ so that machine noise hits them alike; the ratio column is each model's step tim
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from torch import nn
 
 from ..blocks import list_blocks
 from ..models import create_attention_resnet, use_small_input_stem
-from .timing import check_device, synchronize
+from .timing import check_device, interleaved_medians
 
 __all__ = ["run_train_benchmark"]
 
@@ -65,27 +64,21 @@ def run_train_benchmark(
     autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
                 if amp != "none" else nullcontext())
 
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for i in range(warmup + steps):
-        for name, model in models.items():
-            synchronize(device)
-            start = time.perf_counter()
-            with autocast:
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            optimizers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
-            synchronize(device)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+    def step(name: str) -> None:
+        with autocast:
+            loss = F.cross_entropy(models[name](x), y)
+        loss.backward()
+        optimizers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
 
-    base = statistics.median(times["resnet18"])
+    seconds = interleaved_medians({name: partial(step, name) for name in models}, device, steps, warmup)
+
+    base = seconds["resnet18"]
     printer(f"train step, batch {batch_size} x 3x32x32, {device}, amp={amp}, channels_last={channels_last}, "
             f"compile={compile}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     printer("| model | img/s | step time vs resnet18 |\n|---|---|---|")
     rows = []
-    for name, t in times.items():
-        median = statistics.median(t)
+    for name, median in seconds.items():
         row = {"model": name, "img_s": batch_size / median, "ratio": median / base}
         rows.append(row)
         printer(f"| {name} | {row['img_s']:.0f} | {row['ratio']:.2f}x |")

@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["PointingResult", "pointing_game"]
+__all__ = ["PointingResult", "pointing_game", "centre_baseline"]
 
 OnEmpty = Literal["raise", "exclude"]
 
@@ -122,3 +122,27 @@ def pointing_game(
     energy = torch.where(total > 0, inside / total.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
     energy = torch.where(valid, energy, float("nan"))
     return PointingResult(hits=hits.cpu(), energy=energy.cpu(), valid=valid.cpu())
+
+
+def centre_baseline(masks: torch.Tensor, *, tolerance: float = 0, on_empty: OnEmpty = "raise") -> PointingResult:
+    """What the pointing games give without looking at the image: the baseline to read every method against.
+
+    The pointing game of a map that always points at the image centre (Zhang et al.'s "Center" baseline; for an even
+    side the first of the central pixels in row-major order), and the energy of a uniform map (each object's share of
+    its image). On data whose objects are large and near the centre both are high, so a method earns credit only by
+    beating them.
+
+    Args:
+        masks: ``(B, H, W)`` bool object masks.
+        tolerance, on_empty: as :func:`pointing_game`.
+    """
+    if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or masks.dtype != torch.bool:
+        raise ValueError(f"masks must be a (B, H, W) bool tensor, got "
+                         f"{(tuple(masks.shape), masks.dtype) if isinstance(masks, torch.Tensor) else masks!r}")
+    b, h, w = masks.shape
+    ys = torch.arange(h, dtype=torch.float32).view(h, 1) - (h - 1) / 2
+    xs = torch.arange(w, dtype=torch.float32).view(1, w) - (w - 1) / 2
+    cone = (ys.square() + xs.square()).max() - (ys.square() + xs.square())  # non-negative, highest at the centre
+    result = pointing_game(cone.expand(b, h, w).to(masks.device), masks, tolerance=tolerance, on_empty=on_empty)
+    share = masks.flatten(1).float().mean(1).cpu()
+    return PointingResult(hits=result.hits, energy=torch.where(result.valid, share, float("nan")), valid=result.valid)

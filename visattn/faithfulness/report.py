@@ -41,7 +41,7 @@ from .perturbation import (
     deletion,
     insertion,
 )
-from .pointing import PointingResult, pointing_game
+from .pointing import PointingResult, centre_baseline, pointing_game
 from .road import RoadResult, _check_percentiles, road
 from .sanity import SanityResult, _resolve_layers, cascading_randomization
 
@@ -93,6 +93,14 @@ class FaithfulnessReport:
     methods: dict[str, MethodScores]
     n_images: int
     settings: dict[str, Any] = field(default_factory=dict)
+    pointing_baseline: PointingResult | None = None  # centre point / uniform map (:func:`.pointing.centre_baseline`)
+
+    def baseline_scores(self) -> dict[str, float] | None:
+        """The pointing games' centre / uniform-map baseline (keys of :data:`METRICS`); None without masks."""
+        if self.pointing_baseline is None:
+            return None
+        return {"pointing_game": self.pointing_baseline.hit_rate,
+                "energy_pointing_game": self.pointing_baseline.energy_mean}
 
     def table(self, markdown: bool = False) -> str:
         """Aligned text (or markdown) table, one row per method, arrows marking the better direction.
@@ -102,6 +110,10 @@ class FaithfulnessReport:
         header = ["method", *(f"{label} {arrow}" for _, label, arrow in METRICS)]
         scalars = {name: scores.scalars() for name, scores in self.methods.items()}
         rows = [[name, *(_fmt(values[key]) for key, _, _ in METRICS)] for name, values in scalars.items()]
+        baseline = self.baseline_scores()
+        if baseline is not None:
+            rows.append(["centre/uniform baseline",
+                         *(_fmt(baseline[key]) if key in baseline else "" for key, _, _ in METRICS)])
         parts = [_render(header, rows, markdown)]
         sanity = {name: s.sanity for name, s in self.methods.items() if s.sanity is not None}
         if sanity:
@@ -135,6 +147,7 @@ class FaithfulnessReport:
         return _json_safe({
             "n_images": self.n_images,
             "settings": self.settings,
+            "pointing_baseline": self.baseline_scores(),
             "fractions": first.deletion.fractions.tolist(),
             "road_percentiles": first.road.percentiles.tolist(),
             "better": {key: "lower" if arrow == "↓" else "higher" for key, _, arrow in METRICS},
@@ -282,7 +295,9 @@ def evaluate_faithfulness(
         bar.close()
     settings = {"steps": steps, "percentiles": list(percentiles), "deletion_baseline": _setting(deletion_baseline),
                 "insertion_baseline": "blur", "tolerance": tolerance, "seed": seed, "sanity": sanity}
-    report = FaithfulnessReport(methods=results, n_images=images.shape[0], settings=settings)
+    baseline = None if masks is None else centre_baseline(masks, tolerance=tolerance, on_empty="exclude")
+    report = FaithfulnessReport(methods=results, n_images=images.shape[0], settings=settings,
+                                pointing_baseline=baseline)
     if out_dir is not None:
         report.save(out_dir)
     return report
