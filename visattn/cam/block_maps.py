@@ -88,7 +88,7 @@ class BlockMapReader:
         self._spatial: dict[str, torch.Tensor] = {}
         self._channel: dict[str, torch.Tensor] = {}
         self._attention_inputs: dict[str, tuple[PixelSelfAttention, torch.Tensor]] = {}
-        self._seen: set[str] = set()  # blocks already read in the current pass: a second pass is not mixed in
+        self._seen: set[str] = set()  # blocks read in this pass: a gate that runs twice in it keeps its first output
         self._complete = False
 
     def __enter__(self) -> BlockMapReader:
