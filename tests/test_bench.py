@@ -39,3 +39,11 @@ def test_train_benchmark_small_run():
     assert lines[1].startswith("| model |")
     with pytest.raises(ValueError, match="amp must be"):
         run_train_benchmark(amp="fp8")
+
+
+@pytest.mark.parametrize("ratio, shown", [(1.0951, "1.10x (<= 1.1x PASS)"), (1.1049, "1.105x (<= 1.1x MISS)"),
+                                          (1.2, "1.20x (<= 1.1x MISS)"), (0.5, "0.50x")])
+def test_ratio_format_never_shows_a_miss_as_the_target(ratio, shown):
+    from visattn.bench.blocks import _fmt_ratio
+
+    assert _fmt_ratio(ratio, None if shown == "0.50x" else 1.1) == shown

@@ -143,7 +143,8 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     from .bench.train import run_train_benchmark
 
     run_train_benchmark(device=args.device, batch_size=args.batch_size, steps=args.steps, amp=args.amp,
-                        channels_last=args.channels_last, compile=args.compile)
+                        channels_last=args.channels_last, compile=args.compile,
+                        reuse_allocations=args.reuse_allocations)
     return 0
 
 
@@ -236,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     bench_train.add_argument("--channels-last", action="store_true")
     bench_train.add_argument("--compile", action="store_true", help="torch.compile each model first")
+    bench_train.add_argument("--reuse-allocations", action="store_true",
+                             help="CPU: let glibc malloc keep large blocks for reuse, as jemalloc or tcmalloc would")
     bench_train.set_defaults(func=_cmd_bench_train)
     return parser
 

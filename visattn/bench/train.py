@@ -1,8 +1,10 @@
 """Training throughput (images/s) of a CIFAR-stem ResNet-18 without and with each attention block.
 
-``visattn bench train [--device cuda] [--batch-size 128] [--amp bf16] [--channels-last] [--compile]`` times whole
-SGD steps (forward, backward, update) on random 32x32 images after warm-up, interleaving the models round by round
-so that machine noise hits them alike; the ratio column is each model's step time over the plain ResNet-18's.
+``visattn bench train [--device cuda] [--batch-size 128] [--amp bf16] [--channels-last] [--compile]
+[--reuse-allocations]`` times whole SGD steps (forward, backward, update) on random 32x32 images after warm-up,
+interleaving the models round by round so that machine noise hits them alike; the ratio column is each model's step
+time over the plain ResNet-18's. ``--reuse-allocations`` first tells glibc's malloc to keep large blocks for reuse
+(:mod:`visattn.bench.allocator`), for the whole process.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from ..blocks import list_blocks
 from ..models import create_attention_resnet, use_small_input_stem
+from .allocator import reuse_large_allocations
 from .timing import check_device, interleaved_medians
 
 __all__ = ["run_train_benchmark"]
@@ -42,12 +45,20 @@ def run_train_benchmark(
         channels_last: bool = False,
         compile: bool = False,
         blocks: list[str] | None = None,
+        reuse_allocations: bool = False,
         printer: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
-    """Print a Markdown table of images/s per model; returns its rows."""
+    """Print a Markdown table of images/s per model; returns its rows.
+
+    ``reuse_allocations`` (CPU) calls :func:`~visattn.bench.allocator.reuse_large_allocations` first: a change to
+    this whole process that stays after the call.
+    """
     check_device(device)
     if amp not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
+    malloc = "default"
+    if reuse_allocations and not device.startswith("cuda"):
+        malloc = "reuses large blocks" if reuse_large_allocations() else "default (not glibc: nothing to tune)"
     factories = _models(blocks if blocks is not None else list_blocks())
     models, optimizers = {}, {}
     for name, make in factories.items():
@@ -75,7 +86,7 @@ def run_train_benchmark(
 
     base = seconds["resnet18"]
     printer(f"train step, batch {batch_size} x 3x32x32, {device}, amp={amp}, channels_last={channels_last}, "
-            f"compile={compile}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+            f"compile={compile}, malloc {malloc}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     printer("| model | img/s | step time vs resnet18 |\n|---|---|---|")
     rows = []
     for name, median in seconds.items():
