@@ -57,3 +57,16 @@ def test_quick_train_step_rows_say_which_allocator():
     assert rows[0]["note"].startswith("default malloc") and "ours_mb" in rows[0]
     assert rows[1]["note"].startswith("malloc reuses large blocks") and "ours_mb" not in rows[1]
     assert all(r["ours_ms"] > 0 and r["ref_ms"] > 0 for r in rows)
+
+
+@needs_glibc
+@pytest.mark.slow
+def test_bench_train_cli_reports_the_malloc_regime():
+    import subprocess
+    import sys
+
+    # A subprocess: the flag retunes malloc for the whole process it runs in.
+    result = subprocess.run([sys.executable, "-m", "visattn", "bench", "train", "--batch-size", "2", "--steps", "1",
+                             "--reuse-allocations"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "malloc reuses large blocks" in result.stdout and "| resnet18_cbam |" in result.stdout
