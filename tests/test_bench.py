@@ -42,8 +42,37 @@ def test_train_benchmark_small_run():
 
 
 @pytest.mark.parametrize("ratio, shown", [(1.0951, "1.10x (<= 1.1x PASS)"), (1.1049, "1.105x (<= 1.1x MISS)"),
+                                          (1.1003, "1.1003x (<= 1.1x MISS)"),
                                           (1.2, "1.20x (<= 1.1x MISS)"), (0.5, "0.50x")])
 def test_ratio_format_never_shows_a_miss_as_the_target(ratio, shown):
     from visattn.bench.blocks import _fmt_ratio
 
     assert _fmt_ratio(ratio, None if shown == "0.50x" else 1.1) == shown
+
+
+def _exits_without_result(queue) -> None:
+    pass
+
+
+def _hangs(queue) -> None:
+    import time
+
+    time.sleep(120)
+
+
+def test_subprocess_without_a_result_is_a_clear_error():
+    from visattn.bench.blocks import _in_subprocess
+
+    with pytest.raises(RuntimeError, match="_exits_without_result exited with code 0 before reporting a result"):
+        _in_subprocess(_exits_without_result)
+
+
+def test_subprocess_past_its_deadline_is_ended():
+    import time
+
+    from visattn.bench.blocks import _in_subprocess
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="_hangs gave no result within 3 s"):
+        _in_subprocess(_hangs, timeout_s=3)
+    assert time.monotonic() - start < 60  # terminated, not waited out

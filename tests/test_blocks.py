@@ -32,6 +32,17 @@ def test_shape_kept_and_finite(name, shape):
 
 
 @pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_empty_batch_runs_forward_and_backward(name):
+    # A DataLoader's last batch, or a filtered one, can be empty; the fused CPU paths must not index into it.
+    block = visattn.create_block(name, 16)
+    block.fused_min_numel = 0  # CBAM: take the fused path (other blocks ignore the attribute)
+    x = torch.randn(0, 16, 7, 5, requires_grad=True)
+    out = block.train()(x)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
 def test_default_block_is_not_identity_after_training_moves_it(name):
     # Guards against a block whose forward ignores its own parameters.
     block = randomize_parameters(visattn.create_block(name, 16)).eval()

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 import visattn
-from visattn.cam import create_cam, default_target_layer, resolve_layers
+from visattn.cam import create_cam, default_target_layer, explain_many, resolve_layers
 from visattn.cam.targets import target_classes, target_scores
 
 
@@ -82,8 +82,13 @@ def test_default_layer_for_timm_and_other_models() -> None:
 
 def test_a_1x1_map_warns() -> None:
     model = timm.create_model("resnet18", num_classes=4, layers=[1, 1, 1, 1])
-    with pytest.warns(UserWarning, match=r"1x1 map for 32x32 inputs.*small-input stem"):
+    with pytest.warns(UserWarning, match=r"1x1 map for 32x32 inputs.*small-input stem") as record:
         create_cam("gradcam", model)(torch.randn(1, 3, 32, 32))
+    assert record[0].filename == __file__  # the warning names the caller's line, not visattn's internals
+    with pytest.warns(UserWarning, match="1x1 map") as record:
+        explain_many({"gradcam": create_cam("gradcam", model), "layercam": create_cam("layercam", model)},
+                     torch.randn(1, 3, 32, 32))
+    assert record[0].filename == __file__
     visattn.use_small_input_stem(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 2x2 now: no warning

@@ -108,3 +108,19 @@ def test_fused_backward_twice_and_with_frozen_gates() -> None:
     xb = x.detach().clone().requires_grad_()
     _naive(reference, xb).backward(grad)
     torch.testing.assert_close(first[0], xb.grad)
+
+
+def test_compiled_cbam_trains_through_the_composed_path() -> None:
+    # The fused node's backward differentiates graphs kept from forward (retain_graph=True), which AOTAutograd's
+    # compiled graphs refuse; under torch.compile the block must fall back to the composed modules.
+    torch.manual_seed(0)
+    block = CBAM(8, rd_channels=4).train()
+    block.fused_min_numel = 0
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    ref_out = block(x)
+    ref_grad = torch.autograd.grad(ref_out.square().sum(), x)[0]
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=False)
+    out = compiled(x)
+    grad = torch.autograd.grad(out.square().sum(), x)[0]
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)

@@ -93,5 +93,9 @@ def test_centre_baseline_points_at_the_centre_and_spreads_evenly():
     torch.testing.assert_close(result.energy[:2], torch.tensor([1 / 20, 5 / 20]))
     assert torch.isnan(result.energy[2])
     assert centre_baseline(masks[1:2], tolerance=2).hits.tolist() == [True]  # (2, 1) to (4, 1) is 2 px
-    with pytest.raises(ValueError, match="bool tensor"):
+    with pytest.raises(TypeError, match="masks must be a bool tensor"):
         centre_baseline(masks.float())
+    with pytest.raises(ValueError, match=r"masks must have shape \(B, H, W\) with B >= 1, got \(0, 5, 4\)"):
+        centre_baseline(masks[:0])
+    with pytest.raises(ValueError, match=r"masks must have shape .* got \(5, 4\)"):
+        centre_baseline(masks[0])

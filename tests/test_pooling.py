@@ -51,3 +51,16 @@ def test_max_with_index_over_a_middle_dim_of_a_contiguous_map(dtype: torch.dtype
     expected_peak, expected_index = x.max(dim, keepdim=True)
     torch.testing.assert_close(peak, expected_peak, equal_nan=True, rtol=0, atol=0)
     assert torch.equal(index, expected_index)
+
+
+@pytest.mark.parametrize("shape, dim", [((0, 4, 3, 3), 1), ((2, 0, 3, 3), 2), ((2, 4, 0, 3), 1)])
+def test_max_with_index_on_empty_tensors_matches_torch_max(shape: tuple[int, ...], dim: int) -> None:
+    x = torch.randn(shape)
+    if x.shape[dim] == 0:  # torch.max itself refuses an empty reduction: so must we
+        with pytest.raises((IndexError, RuntimeError)):
+            max_with_index(x, dim)
+        return
+    peak, index = max_with_index(x, dim)
+    expected = x.max(dim, keepdim=True)
+    assert peak.shape == expected.values.shape and index.shape == expected.indices.shape
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -9,7 +11,21 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["eval_mode", "count_params", "count_flops", "model_device_dtype"]
+__all__ = ["eval_mode", "count_params", "count_flops", "model_device_dtype", "user_stacklevel"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel, for the function calling this, of the first frame outside visattn.
+
+    A warning raised deep inside the package then names the line of the user's code that led to it, however many
+    internal calls lie between (``warnings.warn(skip_file_prefixes=...)`` does the same from Python 3.12 on).
+    """
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @contextmanager

@@ -129,7 +129,9 @@ def time_sides(case: Case, sides: list[str], device: str, repeats: int, warmup: 
     return interleaved_medians({s: partial(_step, m, case, x, y) for s, m in modules.items()}, device, repeats, warmup)
 
 
-def _cpu_timing_worker(case: Case, sides: list[str], repeats: int, warmup: int, queue: mp.Queue) -> None:
+def _cpu_timing_worker(case: Case, sides: list[str], repeats: int, warmup: int, threads: int,
+                       queue: mp.Queue) -> None:
+    torch.set_num_threads(threads)
     if case.reuse_allocations and not reuse_large_allocations():
         queue.put(None)  # not glibc: nothing to compare against
         return
@@ -137,17 +139,23 @@ def _cpu_timing_worker(case: Case, sides: list[str], repeats: int, warmup: int, 
 
 
 def time_sides_in_subprocess(case: Case, sides: list[str], repeats: int, warmup: int) -> dict[str, float] | None:
-    """:func:`time_sides` on CPU in a fresh process, so that one row's allocator state (or settings) cannot leak
-    into another's; None when ``case.reuse_allocations`` is asked of a C library other than glibc."""
-    return _in_subprocess(_cpu_timing_worker, case, sides, repeats, warmup)
+    """:func:`time_sides` on CPU in a fresh process with this one's thread count, so that one row's allocator state
+    (or settings) cannot leak into another's; None when ``case.reuse_allocations`` is asked of a C library other
+    than glibc."""
+    return _in_subprocess(_cpu_timing_worker, case, sides, repeats, warmup, torch.get_num_threads())
 
 
-def _in_subprocess(worker: Callable[..., None], *args: object) -> Any:
-    """Run ``worker(*args, queue)`` in a spawned process and return what it puts on the queue."""
+def _in_subprocess(worker: Callable[..., None], *args: object, timeout_s: float = 3600.0) -> Any:
+    """Run ``worker(*args, queue)`` in a spawned process and return what it puts on the queue.
+
+    Raises:
+        RuntimeError: if the process exits without a result, or gives none within ``timeout_s`` (it is then ended).
+    """
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
     proc = ctx.Process(target=worker, args=(*args, queue))
     proc.start()
+    deadline = time.monotonic() + timeout_s
     try:
         while True:
             try:
@@ -156,8 +164,13 @@ def _in_subprocess(worker: Callable[..., None], *args: object) -> Any:
                 if not proc.is_alive() and queue.empty():
                     raise RuntimeError(f"benchmark subprocess {worker.__name__} exited with code {proc.exitcode} "
                                        "before reporting a result") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"benchmark subprocess {worker.__name__} gave no result within "
+                                       f"{timeout_s:g} s") from None
     finally:
-        proc.join()
+        if proc.is_alive():  # an error or interrupt here, or a timeout: do not leave the child running
+            proc.terminate()
+        proc.join(timeout=10)
 
 
 def _cpu_peak_worker(case: Case, side: str, queue: mp.Queue) -> None:
@@ -185,7 +198,7 @@ def peak_memory_bytes(case: Case, side: str, device: str) -> int:
         _step(module, case, x, y)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-    return max(int(_in_subprocess(_cpu_peak_worker, case, side)), 0)
+    return max(int(_in_subprocess(_cpu_peak_worker, case, side, timeout_s=600)), 0)
 
 
 def sdpa_backend(device: str) -> str:
@@ -218,8 +231,12 @@ def _fmt_ratio(ratio: float, target: float | None) -> str:
     if target is None:
         return f"{ratio:.2f}x"
     passed = ratio <= target
-    # Three decimals where two would round a miss down onto the target (1.104x shown as "1.10x ... MISS").
-    shown = f"{ratio:.3f}" if not passed and round(ratio, 2) <= target else f"{ratio:.2f}"
+    shown = f"{ratio:.2f}"
+    # A miss gets as many decimals as it takes to show it above the target (1.104x is not "1.10x ... MISS").
+    decimals = 2
+    while not passed and float(shown) <= target and decimals < 9:
+        decimals += 1
+        shown = f"{ratio:.{decimals}f}"
     return f"{shown}x (<= {target:g}x {'PASS' if passed else 'MISS'})"
 
 

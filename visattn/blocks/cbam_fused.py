@@ -8,8 +8,8 @@ pass never rebuilds ``x * M_c`` and writes ``x``'s gradient into one buffer in p
 (MLP, 7x7 conv, norm) run under autograd on their tiny inputs in the forward pass, and backward differentiates those
 small graphs, so any activation, gate or ``identity_init`` blend works unchanged and nothing runs twice.
 
-Used by :class:`~visattn.blocks.cbam.CBAM` for ``order='channel_first'`` when it trains without autocast; the
-composed modules remain the reference (the tests compare the two to float64 precision).
+Used by :class:`~visattn.blocks.cbam.CBAM` for ``order='channel_first'`` when autograd is on, outside autocast and
+``torch.compile``; the composed modules remain the reference (the tests compare the two to float64 precision).
 """
 
 from __future__ import annotations
@@ -32,12 +32,17 @@ _CHUNK_ELEMENTS = 1 << 19  # 2 MB of float32 per temporary in _sum_positions
 
 
 def fused_cbam_supported(block: CBAM, x: torch.Tensor) -> bool:
-    """True when the fused path applies: channel-first order, training with autograd on, no autocast, a 4-D input of
-    at least ``block.fused_min_numel`` elements, and a spatial norm that is BatchNorm2d or none (its batch statistics
-    are recomputed exactly in backward)."""
+    """True when the fused path applies: channel-first order, autograd on (in train or eval mode), eager execution,
+    no autocast, a 4-D input of at least ``block.fused_min_numel`` elements, and a spatial norm that is BatchNorm2d or
+    none (the two the tests check against CBAM's equations).
+
+    Under ``torch.compile`` the composed modules run instead: the compiler fuses them itself, and this function's
+    backward differentiates graphs recorded in forward with ``retain_graph=True``, which compiled graphs refuse.
+    """
     norm = block.spatial.norm
     return (block.order == "channel_first" and torch.is_grad_enabled() and x.ndim == 4
-            and x.numel() >= block.fused_min_numel
+            and x.numel() >= max(block.fused_min_numel, 1)  # an empty batch gains nothing from fusing
+            and not torch.compiler.is_compiling()
             and not torch.is_autocast_enabled(x.device.type)
             and (type(norm) is nn.Identity or type(norm) is nn.BatchNorm2d))
 

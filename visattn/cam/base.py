@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..utils import model_device_dtype
+from ..utils import model_device_dtype, user_stacklevel
 from .layers import LayerSpec, resolve_layers
 from .targets import Targets, target_classes, target_scores
 
@@ -282,7 +282,7 @@ class BaseCAM:
             self._warned_1x1 = True
             warnings.warn(f"target layer(s) {flat} give a 1x1 map for {images.shape[-2]}x{images.shape[-1]} inputs: "
                           "the saliency map is constant. Use an earlier layer, larger images, or a small-input stem "
-                          "(visattn.use_small_input_stem).", UserWarning, stacklevel=3)
+                          "(visattn.use_small_input_stem).", UserWarning, stacklevel=user_stacklevel())
 
     def _layer_maps(self, images: torch.Tensor, targets: Targets
                     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:

@@ -135,10 +135,16 @@ def centre_baseline(masks: torch.Tensor, *, tolerance: float = 0, on_empty: OnEm
     Args:
         masks: ``(B, H, W)`` bool object masks.
         tolerance, on_empty: as :func:`pointing_game`.
+
+    Raises:
+        TypeError: if ``masks`` is not a bool tensor.
+        ValueError: if ``masks`` is not ``(B, H, W)`` with ``B >= 1``, and as :func:`pointing_game`.
     """
-    if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or masks.dtype != torch.bool:
-        raise ValueError(f"masks must be a (B, H, W) bool tensor, got "
-                         f"{(tuple(masks.shape), masks.dtype) if isinstance(masks, torch.Tensor) else masks!r}")
+    if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool:
+        raise TypeError(f"masks must be a bool tensor (True on the object), got "
+                        f"{masks.dtype if isinstance(masks, torch.Tensor) else type(masks).__name__}")
+    if masks.ndim != 3 or masks.shape[0] == 0:
+        raise ValueError(f"masks must have shape (B, H, W) with B >= 1, got {tuple(masks.shape)}")
     b, h, w = masks.shape
     ys = torch.arange(h, dtype=torch.float32).view(h, 1) - (h - 1) / 2
     xs = torch.arange(w, dtype=torch.float32).view(1, w) - (w - 1) / 2
