@@ -119,3 +119,28 @@ def test_kill_during_writes_leaves_a_loadable_checkpoint(tmp_path):
     progress = load_checkpoint(tmp_path / "last.safetensors", model=model, restore_rng=False)
     assert progress["epoch"] >= 1
     assert torch.all(model.weight == progress["epoch"])  # weights and progress come from the same write
+
+
+def test_grad_scaler_state_survives_a_checkpoint(tmp_path):
+    from visattn.training.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler.load_state_dict({"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 7,
+                            "_growth_tracker": 3})  # as after a few overflows and good steps
+    save_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=optimizer, scaler=scaler, progress={"epoch": 1})
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    load_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=optimizer, scaler=fresh)
+    assert fresh.state_dict() == scaler.state_dict()
+    # A checkpoint written without a scaler leaves a scaler as it was.
+    save_checkpoint(tmp_path / "d.safetensors", model=model, optimizer=optimizer, progress={"epoch": 1})
+    other = torch.amp.GradScaler("cpu", init_scale=8.0)
+    load_checkpoint(tmp_path / "d.safetensors", model=model, optimizer=optimizer, scaler=other)
+    assert other.get_scale() == 8.0
+
+
+def test_metrics_of_a_missing_file_are_empty(tmp_path):
+    from visattn.training.reporting import read_metrics
+
+    assert read_metrics(tmp_path / "nowhere.jsonl") == []

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from visattn.cli import main
 
 
@@ -18,3 +20,26 @@ def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "visattn", "blocks", "--channels", "64"], capture_output=True,
                             text=True, check=True)
     assert "SqueezeExcite" in result.stdout
+
+
+@pytest.mark.parametrize(("argv", "resume", "epochs"), [
+    (["--resume", "loop.epochs=3"], True, 3),  # argparse gives the override to --resume's optional PATH
+    (["loop.epochs=3", "--resume"], True, 3),
+    (["--resume", "runs/some-run", "loop.epochs=3"], "runs/some-run", 3),
+    (["loop.epochs=3"], False, 3),
+    (["optim.lr=0.1", "--resume", "runs/x", "loop.epochs=3"], "runs/x", 3),  # overrides on both sides of an option
+])
+def test_train_resume_flag_and_overrides(monkeypatch, argv, resume, epochs):
+    from visattn.training import run as run_module
+
+    seen = {}
+    monkeypatch.setattr(run_module, "train", lambda cfg, config_path, resume: seen.update(cfg=cfg, resume=resume))
+    assert main(["train", "--config", "configs/quickstart.yaml", *argv]) == 0
+    assert seen["resume"] == resume and seen["cfg"].loop.epochs == epochs
+
+
+def test_train_resume_of_a_missing_checkpoint_is_a_message(tmp_path, capsys):
+    code = main(["train", "--config", "configs/quickstart.yaml", f"checkpoint.output_dir={tmp_path}",
+                 "--resume", str(tmp_path / "none" / "last.safetensors"), "loop.progress=false"])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -40,6 +40,18 @@ def test_block_variants_differ_only_in_model():
     ("data.name=cifar", "data.name must be one of"),
     ("loop.epochs=0", "epochs must be >= 1"),
     ("model.inject={block: se, stage: [3]}", "did you mean 'model.inject.stages'"),
+    # Out-of-range values fail before anything is built, naming section and field (they used to fail mid-run).
+    ("checkpoint.every=0", r"'checkpoint'.*every must be >= 1, got 0"),
+    ("data.batch_size=0", r"'data'.*batch_size must be >= 1, got 0"),
+    ("data.eval_batch_size=-2", "eval_batch_size must be >= 1, got -2"),
+    ("data.num_workers=-1", "num_workers must be >= 0, got -1"),
+    ("data.max_per_class=-1", "max_per_class must be >= 1, got -1"),
+    ("data.image_size=0", "image_size must be >= 1, got 0"),
+    ("data.classes=0", "classes must be >= 1 when it counts the first N classes"),
+    ("optim.min_lr_ratio=2", r"min_lr_ratio must be in \[0, 1\], got 2.0"),
+    ("optim.grad_clip=-1", "grad_clip must be > 0"),
+    ("optim.weight_decay=-0.1", "weight_decay must be >= 0"),
+    ("optim.warmup_epochs=-1", "warmup_epochs must be >= 0"),
 ])
 def test_rejections_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -105,6 +105,9 @@ def test_imagefolder_bad_class_and_missing_root(tmp_path):
         build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "nope"), val_root=str(tmp_path)))
     with pytest.raises(ValueError, match="data.val_root must name"):
         build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "train")))
+    _image_folder(tmp_path / "val", classes=("ant", "bee"))  # no cat: the message names val_root, not data.classes
+    with pytest.raises(ValueError, match=r"data.val_root .* lacks class folder\(s\) that data.root has: \['cat'\]"):
+        build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "train"), val_root=str(tmp_path / "val")))
 
 
 def test_tiny_imagenet_val_layout(tmp_path):

@@ -146,3 +146,15 @@ def test_images_the_eval_transform_rejects_are_reported(tmp_path: Path, capsys: 
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert [Path(e["source"]).name for e in manifest["images"]] == ["fine.png"]
     assert "eval transform failed" in manifest["errors"][0]["error"]
+
+
+def test_overlaying_a_folder_twice_skips_the_first_runs_output(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((20, 24, 3), 60 * i, np.uint8)).save(folder / f"p{i}.png")
+    for _ in range(2):  # the output folder sits inside the explained folder
+        assert main(["overlay", str(WEIGHTS), str(folder), "--out", str(folder / "overlays"), "--methods", "gradcam",
+                     "--blocks", "none"]) == 0
+        manifest = json.loads((folder / "overlays" / "manifest.json").read_text())
+        assert sorted(Path(e["source"]).name for e in manifest["images"]) == ["p0.png", "p1.png"]

@@ -139,3 +139,42 @@ def test_overlay_settings_are_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match="'layer5' matches no module"):
         train(cfg, config_path="bad.yaml")
     assert not list(tmp_path.glob("*/metrics.jsonl"))  # nothing ran
+
+
+def _interrupt_at(monkeypatch, stop_epoch):
+    real_epoch = run_module.train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(run_module, "train_one_epoch", interrupted)
+    return real_epoch
+
+
+def test_bare_resume_continues_the_latest_run_of_the_config(tmp_path, monkeypatch, capsys):
+    cfg = _cfg(tmp_path, "loop.epochs=2", "data.num_workers=0")
+    finished = train(cfg, config_path="dup.yaml")
+    real_epoch = _interrupt_at(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, config_path="dup.yaml")  # the second run of this config goes to dup-1 and stops after epoch 1
+    monkeypatch.setattr(run_module, "train_one_epoch", real_epoch)
+    before = (finished.run_dir / "metrics.jsonl").read_text()
+
+    # The resumed run brings a changed optimiser setting: the config wins over the checkpoint's param_groups.
+    changed = load_train_config(ROOT / "configs" / "quickstart.yaml",
+                                [*TINY, f"checkpoint.output_dir={tmp_path}", "loop.epochs=2", "data.num_workers=0",
+                                 "optim.weight_decay=0.01"])
+    resumed = train(changed, config_path="dup.yaml", resume=True)
+    assert resumed.run_dir == tmp_path / "dup-1"
+    assert (finished.run_dir / "metrics.jsonl").read_text() == before  # the finished run is left alone
+    records = _metrics(resumed.run_dir)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["seconds"] > records[0]["seconds"]  # time keeps counting across the resume
+    assert "weight_decay 0.0005 -> 0.01" in capsys.readouterr().out
+    from safetensors import safe_open
+
+    with safe_open(str(resumed.run_dir / "last.safetensors"), "pt") as f:
+        groups = json.loads(f.metadata()["optim"])["param_groups"]
+    assert {g["weight_decay"] for g in groups} == {0.01, 0.0}  # decayed weights, and the undecayed 1-D group

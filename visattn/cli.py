@@ -48,12 +48,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training.run import train
 
     overrides = [*args.overrides, *(args.set or [])]
+    resume = args.resume if args.resume is not None else False
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        # `--resume loop.epochs=20`: argparse handed the override to --resume's optional PATH.
+        overrides, resume = [resume, *overrides], True
     try:
         cfg = load_train_config(args.config, overrides)
     except ConfigError as err:
         print(f"visattn train: config error: {err}", file=sys.stderr)
         return 2
-    train(cfg, config_path=args.config, resume=args.resume if args.resume is not None else False)
+    try:
+        train(cfg, config_path=args.config, resume=resume)
+    except FileNotFoundError as err:
+        if not resume:
+            raise
+        print(f"visattn train: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -250,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # argparse fills `images` from the paths before the first option only; later paths come back as extras.
     if getattr(args, "images", None) is not None and extra and not any(e.startswith("-") for e in extra):
         args.images = [*args.images, *extra]
+    elif getattr(args, "overrides", None) is not None and extra and all("=" in e and e[0] != "-" for e in extra):
+        args.overrides = [*args.overrides, *extra]  # the same for train's key=value overrides on both sides of options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)

@@ -118,6 +118,10 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
     if (val_root / "val_annotations.txt").is_file():  # Tiny-ImageNet-200 validation layout
         val_samples = scan_tiny_imagenet_val(val_root, classes)
     else:
+        missing = [c for c in classes if not (val_root / c).is_dir()]
+        if missing:  # checked here: scan_image_folder would blame data.classes, which the user may not have set
+            raise ValueError(f"data.val_root {str(val_root)!r} lacks class folder(s) that data.root has: "
+                             f"{missing[:5]}{'...' if len(missing) > 5 else ''}")
         val_samples, val_classes = scan_image_folder(val_root, classes)
         if list(val_classes) != list(classes):
             raise ValueError(f"data.val_root classes differ from data.root's: {val_classes[:5]} vs {classes[:5]}")

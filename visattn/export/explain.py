@@ -26,13 +26,21 @@ from .writer import OverlayItem, write_overlays
 __all__ = ["explain_images", "overlay_files", "read_sources"]
 
 
-def read_sources(sources: Sequence[str | Path], errors: list[dict[str, str]]) -> Iterator[tuple[str, np.ndarray]]:
+def read_sources(sources: Sequence[str | Path], errors: list[dict[str, str]], *, skip_under: str | Path | None = None
+                 ) -> Iterator[tuple[str, np.ndarray]]:
     """``(path, RGB uint8 image)`` for files, folders and globs, read lazily; unreadable files go to ``errors``.
+
+    Files found inside ``skip_under`` (the output folder) are left out, so that explaining a folder twice does not
+    explain the first run's overlays; a file named explicitly is kept.
 
     Raises:
         FileNotFoundError: now, not when iterated, if a source matches no file.
     """
     paths = expand_image_sources(sources)
+    if skip_under is not None:
+        out = Path(skip_under).resolve()
+        named = {Path(s).resolve() for s in sources if Path(s).is_file()}
+        paths = [p for p in paths if p.resolve() in named or not p.resolve().is_relative_to(out)]
 
     def read() -> Iterator[tuple[str, np.ndarray]]:
         for path in paths:
@@ -179,7 +187,7 @@ def overlay_files(
     from .. import __version__
 
     errors: list[dict[str, str]] = []
-    everything = chain(read_sources(sources, errors) if sources else (), images)
+    everything = chain(read_sources(sources, errors, skip_under=out_dir) if sources else (), images)
     try:
         layers: Any = [name for name, _ in resolve_layers(trained.model, target_layers)]
     except ValueError:  # a model without timm's feature_info: found by probing at the first batch

@@ -105,6 +105,7 @@ def save_checkpoint(
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         ema: nn.Module | None = None,
+        scaler: torch.amp.GradScaler | None = None,
         progress: Mapping[str, Any],
 ) -> None:
     """Write the full training state to ``path`` atomically.
@@ -114,6 +115,7 @@ def save_checkpoint(
         model: the model (wrappers are removed).
         optimizer: its optimizer.
         ema: the EMA model, if any.
+        scaler: the fp16 loss scaler, if any (its scale and growth tracker: a fresh one would restart at 65536).
         progress: JSON-able run state (epoch, global step, best accuracy, ...), returned by ``load_checkpoint``.
     """
     tensors = _tensors(unwrap_model(model).state_dict(), "model.")
@@ -123,6 +125,8 @@ def save_checkpoint(
     rng_tensors, rng_meta = _rng_state()
     tensors.update(_tensors({**optim_tensors, **rng_tensors}))
     meta = {"progress": json.dumps(dict(progress)), "optim": json.dumps(optim_meta), "rng": json.dumps(rng_meta)}
+    if scaler is not None:
+        meta["scaler"] = json.dumps(scaler.state_dict())  # a few floats and ints (empty when disabled)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -132,9 +136,12 @@ def load_checkpoint(
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         ema: nn.Module | None = None,
+        scaler: torch.amp.GradScaler | None = None,
         restore_rng: bool = True,
 ) -> dict[str, Any]:
     """Restore what ``save_checkpoint`` wrote (in place) and return its ``progress`` dict.
+
+    A ``scaler`` keeps its fresh state when the checkpoint holds none (it was written without fp16).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -159,6 +166,9 @@ def load_checkpoint(
     if optimizer is not None:
         _restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")},
                            json.loads(meta["optim"]))
+    scaler_state = json.loads(meta.get("scaler", "{}"))
+    if scaler is not None and scaler_state:
+        scaler.load_state_dict(scaler_state)
     if restore_rng:
         _restore_rng(tensors, json.loads(meta["rng"]))
     return json.loads(meta["progress"])

@@ -27,6 +27,14 @@ __all__ = [
     "load_train_config",
 ]
 
+def _check_at_least(section: object, minimum: int | float, *names: str) -> None:
+    """Raise ValueError naming the first field in ``names`` that is set (not None) and below ``minimum``."""
+    for name in names:
+        value = getattr(section, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -58,6 +66,12 @@ class DataConfig:
     eval_batch_size: int | None = None  # default: 2 x batch_size
     num_workers: int = 0
     seed: int = 0  # the built-in data's generator seed
+
+    def __post_init__(self) -> None:
+        _check_at_least(self, 1, "image_size", "num_train", "num_val", "max_per_class", "batch_size", "eval_batch_size")
+        _check_at_least(self, 0, "num_workers")
+        if isinstance(self.classes, int) and not isinstance(self.classes, bool) and self.classes < 1:
+            raise ValueError(f"classes must be >= 1 when it counts the first N classes, got {self.classes}")
 
 
 @dataclass
@@ -105,6 +119,11 @@ class OptimConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 (or null for none), got {self.grad_clip}")
+        _check_at_least(self, 0, "momentum", "weight_decay", "warmup_epochs")
 
 
 @dataclass
@@ -152,6 +171,9 @@ class CheckpointConfig:
     output_dir: str = "runs"
     run_name: str | None = None  # default: the config file's stem
     every: int = 1  # epochs between checkpoints (the last epoch always writes one)
+
+    def __post_init__(self) -> None:
+        _check_at_least(self, 1, "every")
 
 
 @dataclass

@@ -22,9 +22,12 @@ def append_metrics(path: str | Path, record: Mapping[str, Any]) -> None:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl file (an unfinished last line is ignored)."""
+    """The records of a metrics.jsonl file (an unfinished last line is ignored; a missing file has none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in path.read_text().splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:

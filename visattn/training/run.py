@@ -7,9 +7,11 @@ validation accuracy), ``curves.png`` and ``summary.json``. Only rank 0 writes.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import random
+import re
 import subprocess
 import time
 import warnings
@@ -114,9 +116,16 @@ def _git_hash() -> str | None:
 
 
 def _run_dir(cfg: TrainConfig, config_path: str | Path | None, resume: bool) -> Path:
+    """The folder of a new run (``name``, else the first free ``name-N``), or with ``resume`` the folder of this
+    config's latest run: the one whose ``last.safetensors`` was written last."""
     name = cfg.checkpoint.run_name or (Path(config_path).stem if config_path else "run")
     base = Path(cfg.checkpoint.output_dir) / name
-    if resume or not base.exists():
+    if resume:
+        numbered = re.compile(re.escape(name) + r"-\d+")
+        runs = [base, *(p for p in base.parent.glob(f"{glob.escape(name)}-*") if numbered.fullmatch(p.name))]
+        saved = [p for p in runs if (p / "last.safetensors").is_file()]
+        return max(saved, key=lambda p: (p / "last.safetensors").stat().st_mtime_ns) if saved else base
+    if not base.exists():
         return base
     for i in range(1, 10_000):  # never write over an earlier run
         candidate = base.with_name(f"{name}-{i}")
@@ -194,7 +203,13 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
         run_dir = resume_file.parent
     start_epoch, step, best_acc, history = 0, 0, -1.0, []
     if resume_file is not None:
-        progress = load_checkpoint(resume_file, model=model, optimizer=optimizer, ema=ema)
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        progress = load_checkpoint(resume_file, model=model, optimizer=optimizer, ema=ema, scaler=scaler)
+        # The checkpoint brings its own param_groups; the config's optimiser settings win (config.yaml says them),
+        # and the schedule sets the learning rate at every step anyway.
+        changed = _apply_optimizer_settings(optimizer, settings)
+        if changed and info.is_main:
+            print(f"resume: the config's optimizer settings replace the checkpoint's: {', '.join(changed)}")
         start_epoch, step, best_acc = progress["epoch"], progress["step"], progress["best_accuracy"]
         # best.safetensors may come from an epoch after the last full checkpoint: never overwrite it with worse.
         best_acc = max(best_acc, _saved_best_accuracy(run_dir / "best.safetensors"))
@@ -216,6 +231,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
 
     # loop
     started = time.perf_counter()
+    earlier_seconds = float(history[-1].get("seconds", 0.0)) if history else 0.0  # a resumed run's time so far
     total_skipped = 0
     last_acc = next((r["val_acc"] for r in reversed(history) if "val_acc" in r), float("nan"))
     try:
@@ -241,7 +257,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
                 if ema is not None:
                     ema_val = _evaluate(ema.module, data.val, cfg, info, device)
                     record.update(ema_val_loss=ema_val.loss, ema_val_acc=ema_val.accuracy)
-            record["seconds"] = time.perf_counter() - started
+            record["seconds"] = earlier_seconds + time.perf_counter() - started
             history.append(record)
             if info.is_main:
                 _report_epoch(record, cfg.loop.epochs, writer)
@@ -253,6 +269,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
                                  weights_metadata(cfg, data.classes, epoch=epoch + 1, val_acc=best_acc))
                 if (epoch + 1) % cfg.checkpoint.every == 0 or last_epoch:
                     save_checkpoint(run_dir / "last.safetensors", model=model, optimizer=optimizer, ema=ema,
+                                    scaler=scaler,
                                     progress={"epoch": epoch + 1, "step": step, "best_accuracy": best_acc})
             barrier(info)
     finally:
@@ -260,7 +277,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
             writer.close()
         cleanup(info)
 
-    seconds = time.perf_counter() - started
+    seconds = earlier_seconds + time.perf_counter() - started
     if info.is_main:
         _finish(run_dir, cfg, history, model, best_acc, last_acc, seconds, total_skipped)
         if cfg.eval.overlays > 0 and (run_dir / "best.safetensors").is_file():
@@ -275,6 +292,21 @@ def _write_overlays(run_dir: Path, cfg: TrainConfig, val: Any) -> None:
     manifest = overlay_files(trained, run_dir / "overlays", images=raw_images(val, cfg.eval.overlays),
                              methods=cfg.eval.overlay_methods, target_layers=cfg.eval.overlay_layers)
     print(f"overlays of {cfg.eval.overlays} validation images: {manifest.parent / 'index.html'}", flush=True)
+
+
+def _apply_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict[str, Any]]) -> list[str]:
+    """Put ``settings`` (one dict per param group) back into ``optimizer``; returns the changes, as text."""
+    changed = []
+    for group, wanted in zip(optimizer.param_groups, settings, strict=True):
+        for key, value in wanted.items():
+            before = group.get(key)
+            # JSON brings tuples (AdamW's betas) back as lists: compare them as sequences.
+            same = (tuple(before) == tuple(value) if isinstance(before, (list, tuple)) and isinstance(value, tuple)
+                    else before == value)
+            if key not in ("lr", "initial_lr") and not same:
+                changed.append(f"{key} {before!r} -> {value!r}")
+            group[key] = value
+    return sorted(set(changed))
 
 
 def _saved_best_accuracy(path: Path) -> float:
