@@ -158,3 +158,20 @@ def test_overlaying_a_folder_twice_skips_the_first_runs_output(tmp_path: Path) -
                      "--blocks", "none"]) == 0
         manifest = json.loads((folder / "overlays" / "manifest.json").read_text())
         assert sorted(Path(e["source"]).name for e in manifest["images"]) == ["p0.png", "p1.png"]
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vit_base_patch16_224", "efficientnet_b0"])
+def test_a_timm_name_gets_timms_own_eval_preprocessing(name: str) -> None:
+    import timm
+    import timm.data
+
+    from visattn.training.trained import _timm_config
+
+    reference = timm.data.create_transform(
+        **timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict()))
+    resize, crop = reference.transforms[:2]  # torchvision Resize(short side) and CenterCrop
+    ours = _timm_config(name, []).data.eval_transforms
+    assert [step["name"] for step in ours] == ["SmallestMaxSize", "CenterCrop"]
+    assert ours[0]["max_size"] == resize.size and (ours[1]["height"], ours[1]["width"]) == tuple(crop.size)
+    cv2_flags = {"bicubic": 2, "bilinear": 1}  # cv2.INTER_CUBIC, cv2.INTER_LINEAR
+    assert ours[0]["interpolation"] == cv2_flags[resize.interpolation.value]

@@ -7,11 +7,13 @@ safetensors metadata, so one file is enough to rebuild the model, its class name
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import timm
 import torch
 from safetensors import safe_open
@@ -76,17 +78,31 @@ def _classifier_outputs(state: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
+# timm's interpolation names as OpenCV flags (albumentations resizes with OpenCV).
+_CV2_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+                      "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+
+
 def _timm_config(model_name: str, overrides: Sequence[str]) -> TrainConfig:
-    """Eval preprocessing from the timm model's pretrained config: its input size, mean and std, centre crop."""
+    """Eval preprocessing from the timm model's pretrained config, as ``timm.data.create_transform`` builds it:
+    resize the short side to ``floor(size / crop_pct)`` with its interpolation, centre-crop ``size``, its mean and
+    std."""
     if not timm.is_model(model_name):
         raise ValueError(f"model={model_name!r} is not a timm model name; e.g. {timm.list_models('resnet*')[:4]}")
     pretrained = timm.models.get_pretrained_cfg(model_name)
     size = pretrained.input_size[-1] if pretrained is not None else 224
     mean = list(pretrained.mean) if pretrained is not None else [0.485, 0.456, 0.406]
     std = list(pretrained.std) if pretrained is not None else [0.229, 0.224, 0.225]
-    return load_config(TrainConfig, None, [f"model.name={model_name}", f"data.image_size={size}",
-                                           "data.augment=imagenet", f"data.mean={mean}", f"data.std={std}",
-                                           *overrides])
+    crop_pct = (pretrained.crop_pct if pretrained is not None else None) or 0.875
+    interpolation = _CV2_INTERPOLATION.get(pretrained.interpolation if pretrained is not None else "", cv2.INTER_LINEAR)
+    cfg = load_config(TrainConfig, None, [f"model.name={model_name}", f"data.image_size={size}",
+                                          "data.augment=imagenet", f"data.mean={mean}", f"data.std={std}",
+                                          *overrides])
+    if cfg.data.eval_transforms is None:  # an override's own list wins
+        cfg.data.eval_transforms = [
+            {"name": "SmallestMaxSize", "max_size": math.floor(size / crop_pct), "interpolation": interpolation},
+            {"name": "CenterCrop", "height": size, "width": size}]
+    return cfg
 
 
 def load_trained(
