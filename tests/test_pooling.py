@@ -64,3 +64,15 @@ def test_max_with_index_on_empty_tensors_matches_torch_max(shape: tuple[int, ...
     expected = x.max(dim, keepdim=True)
     assert peak.shape == expected.values.shape and index.shape == expected.indices.shape
 
+
+
+def test_float64_means_accumulate_in_float64() -> None:
+    # An offset of 1000 leaves float32 ~6e-5 of absolute precision: float64 inputs must not pass through it.
+    from visattn.blocks import SqueezeExcite
+
+    x = torch.randn(2, 8, 16, 16, dtype=torch.float64) + 1000
+    mean, _ = mean_max(x.flatten(2), 2)
+    torch.testing.assert_close(mean.squeeze(2), x.flatten(2).mean(2), rtol=0, atol=1e-10)
+    se = SqueezeExcite(8).double()
+    torch.testing.assert_close(se.channel_weights(x), se.gate(se.fc2(se.act(se.fc1(x.mean((2, 3)))))),
+                               rtol=0, atol=1e-10)

@@ -1,5 +1,7 @@
 """PixelSelfAttention against a naive O(N^2) reference written straight from the paper's equations."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,9 +97,13 @@ def test_identity_with_affine_free_norm():
     assert torch.equal(block(x), x)
 
 
-def test_cpu_uses_fused_flash_kernel_not_math_path():
-    # The fused kernel needs contiguous q/k/v; strided views silently fall back to the O(N^2) math path.
-    block = randomize_parameters(PixelSelfAttention(32)).train()
+@pytest.mark.parametrize("kwargs", [{}, {"pairwise": "gaussian"}, {"pairwise": "gaussian", "num_heads": 2},
+                                    {"rd_channels": 8, "num_heads": 8}], ids=["default", "gaussian", "gaussian-2h",
+                                                                              "head-dim-1"])
+def test_cpu_uses_fused_flash_kernel_not_math_path(kwargs):
+    # The fused kernel needs contiguous q/k/v with unit stride and one head dim; otherwise PyTorch silently falls back
+    # to the O(N^2) math path (gaussian: q/k have C/h columns, v C_inner/h; head dim 1: a "contiguous" stride of N).
+    block = randomize_parameters(PixelSelfAttention(32, **kwargs)).train()
     x = torch.randn(1, 32, 16, 16, requires_grad=True)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         block(x).sum().backward()
@@ -148,3 +154,20 @@ def test_property_matches_reference_over_shapes(pairwise, heads, stride, height,
     randomize_parameters(block).eval()
     x = torch.randn(2, 8, height, width, dtype=torch.float64)
     torch.testing.assert_close(block(x), naive_non_local(block, x), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("pairwise", PAIRWISE_FUNCTIONS)
+def test_float16_identity_and_no_overflow_on_large_activations(pairwise):
+    # Post-ReLU maps of magnitude ~30: the unnormalised sums over N keys (dot: k^T v, concat: the ReLU sums) exceed
+    # float16's 65504 although the normalised result is small, and a zero-initialised norm times inf is NaN.
+    torch.manual_seed(0)
+    block = PixelSelfAttention(256, pairwise=pairwise).eval()
+    half = copy.deepcopy(block).half()
+    x = torch.relu(torch.randn(1, 256, 32, 32)) * 30
+    assert torch.equal(half(x.half()), x.half())  # still an exact identity at init
+    with torch.no_grad():
+        reference = block.attend(*block.qkv(x))
+        attended = half.attend(*half.qkv(x.half())).float()
+    assert torch.isfinite(attended).all()
+    if pairwise in ("dot", "concat"):  # the softmax ones are near one-hot at these logits: fp16 may pick another key
+        torch.testing.assert_close(attended, reference, rtol=2e-2, atol=1e-2 * float(reference.abs().max()))

@@ -44,9 +44,9 @@ class _MeanMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[dim]
-        # Accumulate in float32 (a float16 sum over thousands of pixels overflows) and return x's dtype: under
+        # Accumulate in at least float32 (a float16 sum over thousands of pixels overflows) and return x's dtype: under
         # autocast sum() would otherwise come back float32 while max() stays half, and backward would mix them.
-        mean = (x.sum(dim, keepdim=True, dtype=torch.float32) * (1.0 / n)).to(x.dtype)
+        mean = (x.sum(dim, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32)) * (1.0 / n)).to(x.dtype)
         peak, index = max_with_index(x, dim)
         ctx.save_for_backward(index)
         ctx.dim, ctx.shape, ctx.n = dim, x.shape, n

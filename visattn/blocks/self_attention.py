@@ -150,7 +150,10 @@ class PixelSelfAttention(nn.Module):
         # (B, h*d, H, W) -> (B, h, H*W, d). contiguous() matters: PyTorch's CPU flash kernel only takes contiguous
         # q/k/v and otherwise silently falls back to the O(N^2) math path.
         b, c, hh, ww = t.shape
-        return t.reshape(b, self.num_heads, c // self.num_heads, hh * ww).transpose(-1, -2).contiguous()
+        heads = t.reshape(b, self.num_heads, c // self.num_heads, hh * ww).transpose(-1, -2).contiguous()
+        if heads.stride(-1) != 1:  # head dim 1: contiguous() sees nothing to do, yet the kernel wants stride 1
+            heads = heads.clone(memory_format=torch.contiguous_format)
+        return heads
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Head-split query, key and value: ``(B, h, N, d)``, ``(B, h, N_kv, d)``, ``(B, h, N_kv, d_v)``."""
@@ -163,11 +166,19 @@ class PixelSelfAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``y_i = 1/C(x) sum_j f(q_i, k_j) v_j`` for the configured pairwise function, ``(B, h, N, d_v)``."""
         if self.pairwise in _SOFTMAX:
-            return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            # The fused kernels want one head dim for q, k and v; 'gaussian' has C/h for q, k and C_inner/h for v.
+            # Zero columns change no dot product and no output column, so pad to the larger and slice back.
+            d_qk, d_v = q.shape[-1], v.shape[-1]
+            d = max(d_qk, d_v)
+            if d_qk < d:
+                q, k = F.pad(q, (0, d - d_qk)), F.pad(k, (0, d - d_qk))
+            y = F.scaled_dot_product_attention(q, k, F.pad(v, (0, d - d_v)) if d_v < d else v, scale=self.scale)
+            return y[..., :d_v] if d_v < d else y
         n_kv = k.shape[-2]
         if self.pairwise == "dot":
-            return q @ (k.transpose(-1, -2) @ v / n_kv)
-        return self._attend_concat(q, k, v) / n_kv
+            # 1/N before the sum over N keys: in float16 the unnormalised k^T v overflows on real feature maps.
+            return q @ ((k.transpose(-1, -2) * (1.0 / n_kv)) @ v)
+        return self._attend_concat(q, k, v)
 
     def query_attention(self, x: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Attention weights ``f(q_i, k_j) / C(x)`` of the query positions ``query`` (flat indices into ``H*W``) over
@@ -208,7 +219,7 @@ class PixelSelfAttention(nn.Module):
         start = torch.searchsorted(b_sorted.contiguous(), (-a).contiguous(), right=True)
         idx = start.unsqueeze(-1).expand(-1, -1, -1, v.shape[-1])
         y = a.unsqueeze(-1) * s_v.gather(-2, idx) + s_bv.gather(-2, idx)
-        return y.to(v.dtype)
+        return (y / k.shape[-2]).to(v.dtype)  # C(x) = N, applied before the cast: the raw sum can overflow float16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape

@@ -76,7 +76,8 @@ class SqueezeExcite(nn.Module):
         """The per-channel gate, shape ``(B, C)``."""
         # sum() * (1/N) rather than mean(): its backward is an expanded view, not a division over all of x.
         # float32 accumulation: a float16 sum over a large map overflows where the mean would not.
-        squeezed = (x.sum((2, 3), dtype=torch.float32) * (1.0 / (x.shape[2] * x.shape[3]))).to(x.dtype)
+        acc = torch.promote_types(x.dtype, torch.float32)  # at least float32; float64 stays float64
+        squeezed = (x.sum((2, 3), dtype=acc) * (1.0 / (x.shape[2] * x.shape[3]))).to(x.dtype)
         return self.gate(self.fc2(self.act(self.fc1(squeezed))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
