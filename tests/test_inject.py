@@ -176,3 +176,42 @@ def test_injected_model_trains():
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     assert model.layer1[0].se.channel.gate.blend.item() != 0.0
+
+
+def test_features_only_backbone_and_one_channel_input():
+    # A features_only model returns a list of maps; a 1-channel model keeps the pretrained cfg's 3-channel input_size.
+    x = torch.randn(2, 3, 64, 64)
+    model = make_trained_like(timm.create_model("resnet18", features_only=True)).eval()
+    before = [t.clone() for t in model(x)]
+    model, report = visattn.inject(model, "cbam")
+    assert report.max_abs_diff <= 1e-5
+    for a, b in zip(model(x), before, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    grey = timm.create_model("resnet18", in_chans=1, num_classes=3).eval()
+    _, report = visattn.inject(grey, "se")
+    assert report.input_size == (1, 224, 224)
+
+
+class _Explodes(nn.Module):
+    def __init__(self, channels, *, identity_init=False, device=None, dtype=None):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels, device=device, dtype=dtype))
+
+    def forward(self, x):
+        raise ValueError("this block cannot run")
+
+
+def test_any_failure_during_injection_leaves_the_model_as_it_was():
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    keys = set(model.state_dict())
+    with pytest.raises(ValueError, match="this block cannot run"):
+        visattn.inject(model, _Explodes)
+    assert set(model.state_dict()) == keys
+    assert all(getattr(m, "se", None) is None for m in model.modules() if hasattr(m, "se"))
+
+
+def test_torchvision_block_subclasses_are_refused_by_name():
+    model = torchvision.models.quantization.resnet18()
+    with pytest.raises(ValueError, match="QuantizableBasicBlock subclasses torchvision's BasicBlock"):
+        visattn.inject(model, "se")
+    assert all(type(m).__name__ != "AttnBasicBlock" for m in model.modules())  # nothing was re-classed

@@ -24,7 +24,7 @@ from torchvision.models.resnet import Bottleneck as TvBottleneck
 from ..blocks.registry import canonical_name, get_block
 from ..utils import count_flops, count_params, eval_mode, model_device_dtype
 from .inject_report import InjectionReport, InjectionSite
-from .torchvision_blocks import AttnBasicBlock, AttnBottleneck, with_attention_slot
+from .torchvision_blocks import AttnBasicBlock, AttnBottleneck, can_add_attention_slot, with_attention_slot
 
 __all__ = ["inject", "Injected", "find_residual_blocks"]
 
@@ -117,6 +117,17 @@ def _build(block_cls: Any, channels: int, identity: bool, dd: dict[str, Any], kw
     return block_cls(channels, **kwargs, **dd)
 
 
+def _tensor_leaves(out: Any) -> list[torch.Tensor]:
+    """The tensors in a model output: a tensor, or lists, tuples and dicts of them."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in _tensor_leaves(item)]
+    return []
+
+
 def inject(
         model: nn.Module,
         block: str | type[nn.Module],
@@ -164,33 +175,55 @@ def inject(
         current = getattr(res_block, "se", None)
         if current is not None:
             raise ValueError(f"{path}.se already holds {type(current).__name__}; inject into a model without attention")
+        if isinstance(res_block, _TV_BLOCKS) and not can_add_attention_slot(res_block):
+            with_attention_slot(res_block)  # raises the ValueError that names the class, before anything changes
 
     device, dtype = model_device_dtype(model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    input_size = tuple(input_size or cfg.get("input_size") or (3, 224, 224))
+    if input_size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        input_size = tuple(cfg.get("input_size") or (3, 224, 224))
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first_conv is not None:  # timm keeps the pretrained cfg's 3 channels for in_chans=1 models
+            input_size = (first_conv.in_channels, *input_size[1:])
+    input_size = tuple(input_size)
     if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
         raise ValueError(f"input_size must be (channels, height, width) of positive ints, got {input_size!r}")
     probe = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     keys_before = set(model.state_dict())
     params_before = count_params(model)
 
-    with eval_mode(model), torch.no_grad():
-        flops_before, out_before = count_flops(model, probe)
-        sites = []
-        for path, res_block in selected:
-            channels = _out_channels(res_block)
-            attn = _build(block_cls, channels, init == "identity", {"device": device, "dtype": dtype}, block_kwargs)
-            attn.eval()  # the context manager restores the model's flags; new modules start like their parents
-            if isinstance(res_block, _TV_BLOCKS):
-                with_attention_slot(res_block)
-            res_block.se = attn
-            sites.append(InjectionSite(path=f"{path}.se", channels=channels, params=count_params(attn)))
-        flops_after, out_after = count_flops(model, probe)
+    try:
+        with eval_mode(model), torch.no_grad():
+            flops_before, out_before = count_flops(model, probe)
+            sites = []
+            for path, res_block in selected:
+                channels = _out_channels(res_block)
+                attn = _build(block_cls, channels, init == "identity", {"device": device, "dtype": dtype},
+                              block_kwargs)
+                attn.eval()  # the context manager restores the model's flags; new modules start like their parents
+                if isinstance(res_block, _TV_BLOCKS):
+                    with_attention_slot(res_block)
+                res_block.se = attn
+                sites.append(InjectionSite(path=f"{path}.se", channels=channels, params=count_params(attn)))
+            flops_after, out_after = count_flops(model, probe)
+        # Outputs may be nested (features_only backbones return a list of maps): compare leaf by leaf.
+        before, after = _tensor_leaves(out_before), _tensor_leaves(out_after)
+        max_diff = max(((a.float() - b.float()).abs().max().item() for a, b in zip(after, before, strict=True)),
+                       default=0.0)
+        scale = max((b.abs().max().item() for b in before), default=0.0)
+        if init == "identity" and max_diff > _IDENTITY_RTOL * max(1.0, scale):
+            raise RuntimeError(
+                f"init='identity' but the injected {block_name} blocks changed the outputs by up to {max_diff:.3g}; "
+                f"the block class does not honour identity_init"
+            )
+    except BaseException:
+        for _, res_block in selected:  # any failure leaves the user's model as it was
+            if hasattr(res_block, "se"):
+                res_block.se = None
+        raise
 
     for path, _ in selected:  # match the parent's train/eval flag, which eval_mode has just restored
         model.get_submodule(f"{path}.se").train(model.get_submodule(path).training)
-
-    max_diff = (out_after.float() - out_before.float()).abs().max().item()
     report = InjectionReport(
         block=block_name,
         init=init,
@@ -202,12 +235,5 @@ def inject(
         max_abs_diff=max_diff,
         new_keys=sorted(set(model.state_dict()) - keys_before),
     )
-    if init == "identity" and max_diff > _IDENTITY_RTOL * max(1.0, out_before.abs().max().item()):
-        for _, res_block in selected:  # leave the user's model as it was
-            res_block.se = None
-        raise RuntimeError(
-            f"init='identity' but the injected {block_name} blocks changed the outputs by up to {max_diff:.3g}; "
-            f"the block class does not honour identity_init"
-        )
     warnings.warn(report.load_warning(), UserWarning, stacklevel=2)
     return Injected(model, report)

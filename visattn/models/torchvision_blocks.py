@@ -46,10 +46,23 @@ class AttnBottleneck(Bottleneck):
 _SLOTTED = {BasicBlock: AttnBasicBlock, Bottleneck: AttnBottleneck}
 
 
+def can_add_attention_slot(block: nn.Module) -> bool:
+    """True for torchvision's own BasicBlock/Bottleneck (or ours): a subclass has its own forward, which re-classing
+    would drop (e.g. the quantizable blocks)."""
+    return type(block) in _SLOTTED or type(block) in _SLOTTED.values()
+
+
 def with_attention_slot(block: nn.Module) -> nn.Module:
-    """Re-class a torchvision residual block in place so it has an ``se`` slot (initially None)."""
+    """Re-class a torchvision residual block in place so it has an ``se`` slot (initially None).
+
+    Raises:
+        ValueError: for a block :func:`can_add_attention_slot` refuses, naming its class.
+    """
     if type(block) in _SLOTTED.values():
         return block
+    if not can_add_attention_slot(block):
+        raise ValueError(f"{type(block).__name__} subclasses torchvision's {type(block).__mro__[1].__name__} with its "
+                         f"own forward; visattn adds attention to torchvision's BasicBlock and Bottleneck only")
     block.__class__ = _SLOTTED[type(block)]
     block.se = None
     return block
