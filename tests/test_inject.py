@@ -215,3 +215,20 @@ def test_torchvision_block_subclasses_are_refused_by_name():
     with pytest.raises(ValueError, match="QuantizableBasicBlock subclasses torchvision's BasicBlock"):
         visattn.inject(model, "se")
     assert all(type(m).__name__ != "AttnBasicBlock" for m in model.modules())  # nothing was re-classed
+
+
+def test_load_weights_accepts_blocks_of_unregistered_classes_that_inject_added():
+    class MyGate(nn.Module):  # not registered: only inject knows it added this
+        def __init__(self, channels, *, identity_init=False, device=None, dtype=None):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
+
+        def forward(self, x):
+            return x * (1 + self.w[:, None, None])
+
+    original = timm.create_model("resnet18", num_classes=10)
+    state = {k: v.clone() for k, v in original.state_dict().items()}
+    model, _ = visattn.inject(original, MyGate, stages=[4])
+    with pytest.warns(UserWarning, match="2 keys"):
+        kept = visattn.load_weights(model, state)
+    assert kept == ["layer4.0.se.w", "layer4.1.se.w"]

@@ -86,3 +86,26 @@ def test_reregistering_warns_and_overwrites(user_block):
     with pytest.warns(UserWarning, match="already registered"):
         visattn.register_block("test_double")(visattn.SqueezeExcite)
     assert visattn.get_block("test_double") is visattn.SqueezeExcite
+
+
+def test_alias_may_not_shadow_another_blocks_name():
+    with pytest.raises(ValueError, match="alias 'se' of block 'test_shadow' is already the name of block SqueezeExc"):
+        visattn.register_block("test_shadow", aliases=("se",))(visattn.SqueezeExcite)
+    assert "test_shadow" not in visattn.list_blocks() and visattn.get_block("se") is visattn.SqueezeExcite
+
+
+def test_a_name_timm_already_uses_gets_no_variant_and_a_warning():
+    import timm
+    import timm.models._registry as timm_registry
+
+    assert timm.is_model("resnet50_gn")  # timm's own GroupNorm ResNet-50
+    try:
+        with pytest.warns(UserWarning, match="timm already has a model named 'resnet50_gn'"):
+            visattn.register_block("gn")(visattn.SqueezeExcite)
+        assert not isinstance(timm.create_model("resnet50_gn").layer1[0].se, visattn.SqueezeExcite)
+        assert isinstance(timm.create_model("resnet18_gn").layer1[0].se, visattn.SqueezeExcite)
+    finally:
+        registry._BLOCKS.pop("gn")
+        for arch in ("resnet18", "resnet34"):
+            timm_registry._clear_model_entries(f"{arch}_gn")
+            timm_registry._model_entrypoints.pop(f"{arch}_gn", None)

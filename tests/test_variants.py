@@ -57,3 +57,12 @@ def test_device_dtype_pass_through_timm(block):
     model = timm.create_model(f"resnet18_{block}", device="meta", dtype=torch.bfloat16)
     for p in model.layer1[0].se.parameters():
         assert p.device.type == "meta" and p.dtype == torch.bfloat16
+
+
+def test_quickstart_variant_keeps_one_stem_and_refuses_contradictions():
+    backbone = timm.create_model("resnet18_cbam_quickstart", small_input=True, features_only=True)
+    assert [f["reduction"] for f in backbone.feature_info] == [2, 2, 4, 8, 16]  # the stride-2 stem, applied once
+    with pytest.raises(ValueError, match="always has its small-input stem of stride 2"):
+        timm.create_model("resnet18_cbam_quickstart", small_input_stride=1)
+    with pytest.raises(ValueError, match="forward_intermediates"):
+        timm.create_model("resnet18_cbam_quickstart", pretrained=True, features_only=True)

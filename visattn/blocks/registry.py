@@ -35,7 +35,7 @@ def register_block(name: str, *, aliases: Sequence[str] = ()) -> Callable[[Block
         aliases: other names that resolve to the same class (not listed by ``list_blocks()``).
 
     Raises:
-        ValueError: if a name is not a lower-case identifier.
+        ValueError: if a name is not a lower-case identifier, or an alias is another block's name.
 
     Example:
         >>> @register_block('my_gate')
@@ -54,6 +54,13 @@ def register_block(name: str, *, aliases: Sequence[str] = ()) -> Callable[[Block
             warnings.warn(f"visattn block {name!r} is already registered; overwriting it with {cls.__name__}",
                           stacklevel=2)
             _ALIASES.pop(name, None)
+        for alias in aliases:
+            if alias in _BLOCKS and alias != name:
+                raise ValueError(f"alias {alias!r} of block {name!r} is already the name of block "
+                                 f"{_BLOCKS[alias].__name__}; choose another alias")
+            if _ALIASES.get(alias, name) != name:
+                warnings.warn(f"visattn alias {alias!r} pointed to block {_ALIASES[alias]!r}; it now points to "
+                              f"{name!r}", stacklevel=2)
         _BLOCKS[name] = cls
         for alias in aliases:
             _ALIASES[alias] = name

@@ -56,7 +56,7 @@ class PixelSelfAttention(nn.Module):
     Args:
         channels: input (= output) channels.
         pairwise: ``'embedded_gaussian'`` (default; alias ``'scaled_dot'``), ``'dot'``, ``'gaussian'`` or ``'concat'``.
-        num_heads: attention heads; the embedding width is rounded up to a multiple of it.
+        num_heads: attention heads; the embedding width is rounded to a multiple of it (timm's make_divisible).
         rd_ratio: embedding width of theta/phi/g as a fraction of ``channels``.
         rd_channels: explicit embedding width; overrides ``rd_ratio`` (must be divisible by ``num_heads``).
         rd_divisor: round the embedding width to a multiple of this.
@@ -106,7 +106,7 @@ class PixelSelfAttention(nn.Module):
             raise ValueError(f"scale only applies to the softmax pairwise functions {_SOFTMAX}, not {pairwise!r}")
 
         if rd_channels is None:
-            # Round up to a multiple of num_heads so any channel count works with any head count.
+            # Round to a multiple of num_heads (make_divisible: nearest, not below 90 %) so any head count works.
             inner = reduced_channels(channels, rd_ratio, None, math.lcm(rd_divisor, num_heads))
         else:
             inner = reduced_channels(channels, rd_ratio, rd_channels, rd_divisor)

@@ -201,6 +201,7 @@ def inject(
                 attn = _build(block_cls, channels, init == "identity", {"device": device, "dtype": dtype},
                               block_kwargs)
                 attn.eval()  # the context manager restores the model's flags; new modules start like their parents
+                attn.visattn_injected = True  # load_weights lets its keys be missing, registered class or not
                 if isinstance(res_block, _TV_BLOCKS):
                     with_attention_slot(res_block)
                 res_block.se = attn

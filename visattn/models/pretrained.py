@@ -37,6 +37,13 @@ default_cfgs = generate_default_cfgs({
 def resnet18_cbam_quickstart(pretrained: bool = False, **kwargs: Any) -> ResNet:
     """The quickstart's small ResNet-18 + CBAM (one block per stage, quarter width, stride-2 3x3 stem), 10 classes."""
     kwargs.pop("cache_dir", None)
+    # Its stem is part of the architecture (the weights have its conv): refuse other stems instead of stacking two.
+    if not kwargs.pop("small_input", True) or kwargs.pop("small_input_stride", 2) != 2:
+        raise ValueError("resnet18_cbam_quickstart always has its small-input stem of stride 2; leave small_input and "
+                         "small_input_stride unset")
+    if pretrained and kwargs.get("features_only"):
+        raise ValueError("resnet18_cbam_quickstart: pretrained=True with features_only=True is not supported; build "
+                         "the classifier and call its forward_intermediates() for the stages' maps")
     model = create_attention_resnet("resnet18", "cbam", variant="resnet18_cbam_quickstart",
                                     **{**QUICKSTART_ARGS, **kwargs})
     use_small_input_stem(model, stride=2)  # before loading: the checkpoint has the small stem's conv

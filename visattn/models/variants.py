@@ -12,6 +12,7 @@ Extra keyword arguments understood by these entry points (everything else goes t
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -126,8 +127,13 @@ def _register_variants(block: str) -> None:
     module = sys.modules[__name__]
     for arch in ARCHITECTURES:
         name = f"{arch}_{block}"
-        if timm.is_model(name):
+        if timm.is_model(name) and getattr(module, name, None) is not None:
             continue  # already ours: entry points look the block class up at call time
+        if timm.is_model(name):  # timm's own, e.g. resnet50_gn for a block named 'gn'
+            warnings.warn(f"timm already has a model named {name!r}, so visattn does not register its {block!r} "
+                          f"variant under that name; use visattn.create_attention_resnet({arch!r}, {block!r})",
+                          stacklevel=3)
+            continue
         default_cfgs.update(generate_default_cfgs({name: _cfg()}))
         fn = _make_entrypoint(arch, block)
         setattr(module, name, fn)

@@ -45,7 +45,8 @@ def load_weights(
         *,
         allow_missing: tuple[str, ...] = (),
 ) -> list[str]:
-    """Load weights strictly, except that keys of visattn attention blocks may be missing.
+    """Load weights strictly, except that keys of visattn attention blocks (registered classes, and any module
+    :func:`visattn.inject` added) may be missing.
 
     This is how a checkpoint of the original model goes into an injected one: every original key must match, and the
     injected blocks keep their (identity) initialisation.
@@ -66,7 +67,8 @@ def load_weights(
         >>> visattn.load_weights(model, 'resnet50_trained.safetensors')
     """
     state = read_state_dict(source)
-    may_be_missing = tuple(f"{name}." for name, m in model.named_modules() if name and is_block(m)) + allow_missing
+    may_be_missing = tuple(f"{name}." for name, m in model.named_modules()
+                           if name and (is_block(m) or getattr(m, "visattn_injected", False))) + allow_missing
     # Check the keys before loading anything, so that a mismatch leaves the model as it was.
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]
