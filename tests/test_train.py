@@ -178,3 +178,18 @@ def test_bare_resume_continues_the_latest_run_of_the_config(tmp_path, monkeypatc
     with safe_open(str(resumed.run_dir / "last.safetensors"), "pt") as f:
         groups = json.loads(f.metadata()["optim"])["param_groups"]
     assert {g["weight_decay"] for g in groups} == {0.01, 0.0}  # decayed weights, and the undecayed 1-D group
+
+
+def test_each_rank_draws_its_own_augmentations(tmp_path):
+    from visattn.data.datasets import build_datasets
+    from visattn.training.distributed import DistInfo
+
+    cfg = _cfg(tmp_path, "data.augment=cifar")
+    data = build_datasets(cfg.data)
+
+    def first_image(rank):
+        run_module._loader(data.train, cfg, True, DistInfo(rank=rank, world_size=2), epoch_seed=5)
+        return data.train[0][0]  # the transform is seeded by _loader (num_workers=0)
+
+    assert not torch.equal(first_image(0), first_image(1))
+    assert torch.equal(first_image(1), first_image(1))  # still reproducible per rank

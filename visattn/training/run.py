@@ -77,6 +77,9 @@ def _seed_transform(dataset: Any, seed: int) -> None:
         transform.set_random_seed(seed)
 
 
+_RANK_SEED_STRIDE = 7919  # a prime: rank r's epoch seeds never collide with another rank's nearby epochs
+
+
 def _worker_init(worker_id: int) -> None:
     # Each worker's augmentation stream follows from the loader's per-epoch generator: resumable and reproducible.
     info = get_worker_info()
@@ -87,6 +90,8 @@ def _worker_init(worker_id: int) -> None:
 
 def _loader(dataset: Any, cfg: TrainConfig, train: bool, info: DistInfo, epoch_seed: int) -> DataLoader:
     batch = cfg.data.batch_size if train else (cfg.data.eval_batch_size or 2 * cfg.data.batch_size)
+    # Each rank draws its own augmentations (timm seeds seed + rank); rank 0 keeps the single-process stream.
+    epoch_seed += _RANK_SEED_STRIDE * info.rank
     generator = torch.Generator().manual_seed(epoch_seed)
     if info.enabled and train:
         sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=cfg.loop.seed)
