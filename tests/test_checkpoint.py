@@ -144,3 +144,19 @@ def test_metrics_of_a_missing_file_are_empty(tmp_path):
     from visattn.training.reporting import read_metrics
 
     assert read_metrics(tmp_path / "nowhere.jsonl") == []
+
+
+def test_next_write_removes_a_killed_writers_temporary_file(tmp_path):
+    from visattn.files import atomic_write_text
+
+    target = tmp_path / "last.safetensors"
+    atomic_write_text(target, "v1")
+    leftover = tmp_path / ".last.safetensors.k01sjy1s.tmp"  # what a SIGKILL mid-write leaves
+    leftover.write_text("half a checkpoint")
+    os.utime(leftover, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
+    other = tmp_path / ".summary.json.abc.tmp"  # another file's leftover is not this write's business
+    other.write_text("x")
+    os.utime(other, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
+    atomic_write_text(target, "v2")
+    assert target.read_text() == "v2"
+    assert not leftover.exists() and other.exists()

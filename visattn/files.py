@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable
@@ -11,11 +12,17 @@ __all__ = ["atomic_write", "atomic_write_text"]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync the result, then atomically rename it to ``path``."""
+    """Call ``write(tmp_path)``, fsync the result, atomically rename it to ``path``, and fsync the folder.
+
+    A process killed mid-write (SIGKILL runs no cleanup) leaves its temporary file behind; the next successful write
+    to the same ``path`` removes such leftovers.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     os.close(fd)
+    started = os.stat(tmp).st_mtime_ns
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -26,6 +33,26 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a power loss only once the folder is on disk
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        try:
+            if stale.stat().st_mtime_ns < started:  # older than this write: a killed writer's
+                stale.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder; its rename is durable enough
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
