@@ -56,3 +56,10 @@ def test_block_variants_differ_only_in_model():
 def test_rejections_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_train_config(None, [override])
+
+
+def test_an_empty_mapping_override_clears_a_dict_field():
+    cfg = load_train_config(CONFIG_DIR / "quickstart.yaml", ["model.kwargs={}"])
+    assert cfg.model.kwargs == {}
+    merged = load_train_config(CONFIG_DIR / "quickstart.yaml", ["model.kwargs={stem_width: 32}"])
+    assert merged.model.kwargs["stem_width"] == 32 and merged.model.kwargs["layers"] == [1, 1, 1, 1]

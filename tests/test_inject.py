@@ -232,3 +232,10 @@ def test_load_weights_accepts_blocks_of_unregistered_classes_that_inject_added()
     with pytest.warns(UserWarning, match="2 keys"):
         kept = visattn.load_weights(model, state)
     assert kept == ["layer4.0.se.w", "layer4.1.se.w"]
+
+
+def test_a_typo_of_injects_own_argument_is_named():
+    model = timm.create_model("resnet18", num_classes=10)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'stage'; did you mean 'stages'"):
+        visattn.inject(model, "cbam", stage=[3])
+    assert all(getattr(m, "se", None) is None for m in model.modules() if hasattr(m, "se"))

@@ -8,6 +8,7 @@ identity, so the injected model computes what the original computed until traini
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 import warnings
@@ -117,6 +118,18 @@ def _build(block_cls: Any, channels: int, identity: bool, dd: dict[str, Any], kw
     return block_cls(channels, **kwargs, **dd)
 
 
+_INJECT_ARGS = ("stages", "blocks", "init", "input_size")
+
+
+def _accepted_kwargs(block_cls: Any) -> set[str] | None:
+    """The argument names ``block_cls`` lists (None when its signature cannot be read)."""
+    try:
+        params = inspect.signature(block_cls).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return {p.name for p in params if p.kind is not p.VAR_KEYWORD}
+
+
 def _tensor_leaves(out: Any) -> list[torch.Tensor]:
     """The tensors in a model output: a tensor, or lists, tuples and dicts of them."""
     if isinstance(out, torch.Tensor):
@@ -169,6 +182,12 @@ def inject(
     block_name = canonical_name(block) if isinstance(block, str) else getattr(block, "__name__", repr(block))
     if not callable(block_cls):
         raise TypeError(f"block must be a registered name or an nn.Module class, got {block!r}")
+
+    accepted = _accepted_kwargs(block_cls)
+    for key in block_kwargs:  # `stage=[3]` is a typo of inject's own argument, not a block option
+        close = difflib.get_close_matches(key, _INJECT_ARGS, n=1, cutoff=0.8)
+        if close and accepted is not None and key not in accepted:
+            raise TypeError(f"inject() got an unexpected keyword argument {key!r}; did you mean {close[0]!r}?")
 
     selected = _select(find_residual_blocks(model), stages, blocks)
     for path, res_block in selected:

@@ -283,9 +283,10 @@ def _load_file(path: Path, chain: tuple[Path, ...], parent: Path | None = None) 
 
 
 def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, mappings merged key by key; an empty mapping replaces (``model.kwargs={}`` clears)."""
     out = dict(base)
     for k, v in update.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and v and isinstance(out.get(k), Mapping) else v
     return out
 
 
