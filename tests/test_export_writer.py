@@ -236,3 +236,12 @@ def test_sources_with_undecodable_bytes_are_written_escaped(tmp_path):
         assert (tmp_path / relative).is_file(), relative
     html = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "imgs/caf\\xe9 \\xff.jpg" in html and "bad\\xfe.jpg" in html
+
+
+def test_a_folder_renamed_only_in_case_leaves_no_stale_copy(tmp_path):
+    write_overlays(tmp_path, [make_item("Cat.png")])
+    manifest = json.loads(write_overlays(tmp_path, [make_item("cat.png")]).read_text(encoding="utf-8"))
+    assert [e["folder"] for e in manifest["images"]] == ["cat"]
+    case_insensitive = (tmp_path / "INDEX.HTML").exists()
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert folders == ["cat"] or (case_insensitive and len(folders) == 1)  # one folder, whatever the file system

@@ -256,6 +256,10 @@ def write_overlays(out_dir: str | Path, items: Iterable[OverlayItem], *, alpha: 
     })
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out_dir / "index.html", render_index_html(manifest))
-    written = {path.casefold() for path in _manifest_files(manifest)}  # casefold: "Cat/" is "cat/" on macOS
-    _remove_stale(out_dir, {path for path in previous if path.casefold() not in written})
+    # On a case-insensitive file system (macOS, Windows) an old "Cat/x.png" is the new "cat/x.png": keep it. On a
+    # case-sensitive one it is a stale file. index.html, just written, tells which kind this folder is on.
+    insensitive = (out_dir / "INDEX.HTML").exists()
+    fold = str.casefold if insensitive else str
+    written = {fold(path) for path in _manifest_files(manifest)}
+    _remove_stale(out_dir, {path for path in previous if fold(path) not in written})
     return manifest_path
