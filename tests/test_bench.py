@@ -76,3 +76,23 @@ def test_subprocess_past_its_deadline_is_ended():
     with pytest.raises(RuntimeError, match="_hangs gave no result within 3 s"):
         _in_subprocess(_hangs, timeout_s=3)
     assert time.monotonic() - start < 60  # terminated, not waited out
+
+
+def _ignores_sigterm(queue) -> None:
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(120)
+
+
+@pytest.mark.slow
+def test_subprocess_that_ignores_sigterm_is_killed():
+    import time
+
+    from visattn.bench.blocks import _in_subprocess
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="gave no result within 8 s"):
+        _in_subprocess(_ignores_sigterm, timeout_s=8)  # time enough for the child to start ignoring SIGTERM
+    assert 15 < time.monotonic() - start < 60  # SIGTERM ignored for the 10 s grace period, then killed

@@ -151,12 +151,15 @@ def test_next_write_removes_a_killed_writers_temporary_file(tmp_path):
 
     target = tmp_path / "last.safetensors"
     atomic_write_text(target, "v1")
+    two_hours_ago = time.time() - 7200
     leftover = tmp_path / ".last.safetensors.k01sjy1s.tmp"  # what a SIGKILL mid-write leaves
-    leftover.write_text("half a checkpoint")
-    os.utime(leftover, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
-    other = tmp_path / ".summary.json.abc.tmp"  # another file's leftover is not this write's business
-    other.write_text("x")
-    os.utime(other, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
+    recent = tmp_path / ".last.safetensors.q9x_2abc.tmp"  # young: maybe a concurrent writer's, left alone
+    longer = tmp_path / ".last.safetensors.x.k01sjy1s.tmp"  # the temporary file of "last.safetensors.x"
+    other = tmp_path / ".summary.json.k01sjy1s.tmp"  # another file's
+    for f in (leftover, recent, longer, other):
+        f.write_text("half a file")
+        if f is not recent:
+            os.utime(f, (two_hours_ago, two_hours_ago))
     atomic_write_text(target, "v2")
     assert target.read_text() == "v2"
-    assert not leftover.exists() and other.exists()
+    assert not leftover.exists() and recent.exists() and longer.exists() and other.exists()

@@ -28,13 +28,14 @@ def test_module_entry_point_runs():
     (["--resume", "runs/some-run", "loop.epochs=3"], "runs/some-run", 3),
     (["loop.epochs=3"], False, 3),
     (["optim.lr=0.1", "--resume", "runs/x", "loop.epochs=3"], "runs/x", 3),  # overrides on both sides of an option
+    (["--resume", "runs/lr=0.1/last.safetensors"], "runs/lr=0.1/last.safetensors", 34),  # a path, not an override
 ])
 def test_train_resume_flag_and_overrides(monkeypatch, argv, resume, epochs):
     from visattn.training import run as run_module
 
     seen = {}
     monkeypatch.setattr(run_module, "train", lambda cfg, config_path, resume: seen.update(cfg=cfg, resume=resume))
-    assert main(["train", "--config", "configs/quickstart.yaml", *argv]) == 0
+    assert main(["train", "--config", "configs/quickstart.yaml", *argv]) == 0  # quickstart: 34 epochs
     assert seen["resume"] == resume and seen["cfg"].loop.epochs == epochs
 
 

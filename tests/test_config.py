@@ -63,3 +63,9 @@ def test_an_empty_mapping_override_clears_a_dict_field():
     assert cfg.model.kwargs == {}
     merged = load_train_config(CONFIG_DIR / "quickstart.yaml", ["model.kwargs={stem_width: 32}"])
     assert merged.model.kwargs["stem_width"] == 32 and merged.model.kwargs["layers"] == [1, 1, 1, 1]
+
+
+def test_an_empty_section_in_a_file_changes_nothing(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {CONFIG_DIR / 'quickstart.yaml'}\noptim: {{}}\nmodel:\n  kwargs: {{}}\n")
+    assert load_train_config(child) == load_train_config(CONFIG_DIR / "quickstart.yaml")

@@ -239,3 +239,25 @@ def test_a_typo_of_injects_own_argument_is_named():
     with pytest.raises(TypeError, match="unexpected keyword argument 'stage'; did you mean 'stages'"):
         visattn.inject(model, "cbam", stage=[3])
     assert all(getattr(m, "se", None) is None for m in model.modules() if hasattr(m, "se"))
+
+
+def test_failed_injection_into_torchvision_restores_the_block_classes():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    classes = [type(m) for m in model.modules()]
+    with pytest.raises(ValueError, match="this block cannot run"):
+        visattn.inject(model, _Explodes)
+    assert [type(m) for m in model.modules()] == classes
+    assert not any(hasattr(m, "se") for m in model.modules())
+
+
+def test_a_user_block_with_open_kwargs_gets_them_all():
+    class Open(nn.Module):
+        def __init__(self, channels, *, identity_init=False, device=None, dtype=None, **options):
+            super().__init__()
+            self.options = options
+
+        def forward(self, x):
+            return x
+
+    model, _ = visattn.inject(timm.create_model("resnet18", num_classes=10), Open, stages=[4], inits=3)
+    assert model.layer4[0].se.options == {"inits": 3}  # close to 'init', but the block asked for any option

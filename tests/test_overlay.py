@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -175,3 +176,24 @@ def test_a_timm_name_gets_timms_own_eval_preprocessing(name: str) -> None:
     assert ours[0]["max_size"] == resize.size and (ours[1]["height"], ours[1]["width"]) == tuple(crop.size)
     cv2_flags = {"bicubic": 2, "bilinear": 1}  # cv2.INTER_CUBIC, cv2.INTER_LINEAR
     assert ours[0]["interpolation"] == cv2_flags[resize.interpolation.value]
+
+
+def test_overlay_output_in_the_explained_folder_or_above_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(folder / "p.png")
+    monkeypatch.chdir(tmp_path)
+    for out in (".", "photos"):  # the output folder holds the inputs: they are still explained
+        assert main(["overlay", str(WEIGHTS), "photos", "--out", out, "--methods", "gradcam", "--blocks", "none"]) == 0
+        manifest = json.loads((Path(out) / "manifest.json").read_text())
+        assert [Path(e["source"]).name for e in manifest["images"]] == ["p.png"]
+
+
+def test_timm_preprocessing_follows_an_image_size_override_and_squash_crops() -> None:
+    from visattn.training.trained import _timm_config
+
+    steps = _timm_config("resnet50", ["data.image_size=288"]).data.eval_transforms
+    assert steps[0]["max_size"] == 303 and (steps[1]["height"], steps[1]["width"]) == (288, 288)  # floor(288 / 0.95)
+    assert timm.models.get_pretrained_cfg("coat_lite_medium_384").crop_mode == "squash"  # timm resizes both sides
+    first = _timm_config("coat_lite_medium_384", []).data.eval_transforms[0]
+    assert first["name"] == "Resize" and first["height"] == first["width"] == 384

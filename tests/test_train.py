@@ -193,3 +193,15 @@ def test_each_rank_draws_its_own_augmentations(tmp_path):
 
     assert not torch.equal(first_image(0), first_image(1))
     assert torch.equal(first_image(1), first_image(1))  # still reproducible per rank
+
+
+def test_bare_resume_never_picks_another_configs_numbered_folder(tmp_path):
+    cfg = _cfg(tmp_path, "loop.epochs=1")
+    own = train(cfg, config_path="resnet.yaml")
+    other = train(cfg, config_path="resnet-50.yaml")  # "resnet-50" looks like run 50 of "resnet"
+    assert other.run_dir.name == "resnet-50"
+    assert run_module._run_dir(cfg, "resnet.yaml", resume=True) == own.run_dir
+    nested = _cfg(tmp_path, "loop.epochs=1", "checkpoint.run_name=sub/exp")
+    first, second = (train(nested, config_path="x.yaml") for _ in range(2))
+    assert (first.run_dir.name, second.run_dir.name) == ("exp", "exp-1")
+    assert run_module._run_dir(nested, "x.yaml", resume=True) == second.run_dir

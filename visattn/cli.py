@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = [*args.overrides, *(args.set or [])]
     resume = args.resume if args.resume is not None else False
-    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+    if isinstance(resume, str) and re.match(r"[A-Za-z_][\w.]*=", resume) and not Path(resume).exists():
         # `--resume loop.epochs=20`: argparse handed the override to --resume's optional PATH.
         overrides, resume = [resume, *overrides], True
     try:

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_write_text"]
 
+_STALE_SECONDS = 3600.0
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync the result, atomically rename it to ``path``, and fsync the folder.
 
-    A process killed mid-write (SIGKILL runs no cleanup) leaves its temporary file behind; the next successful write
-    to the same ``path`` removes such leftovers.
+    A process killed mid-write (SIGKILL runs no cleanup) leaves its temporary file behind; a later successful write
+    to the same ``path`` removes such leftovers once they are an hour old (a younger one may be a concurrent writer's).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}."
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     os.close(fd)
-    started = os.stat(tmp).st_mtime_ns
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -34,9 +37,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)  # the rename itself survives a power loss only once the folder is on disk
+    # Exactly mkstemp's names for this path (".a.XXXXXXXX.tmp"), not those of "a.b", whose prefix starts alike.
+    pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\.tmp")
     for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         try:
-            if stale.stat().st_mtime_ns < started:  # older than this write: a killed writer's
+            if pattern.fullmatch(stale.name) and time.time() - stale.stat().st_mtime > _STALE_SECONDS:
                 stale.unlink()
         except OSError:
             pass  # gone already, or not ours to remove

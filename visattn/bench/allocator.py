@@ -22,6 +22,7 @@ __all__ = ["reuse_large_allocations"]
 # glibc's <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -50,4 +51,8 @@ def reuse_large_allocations(limit_bytes: int = 1 << 30) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes))
+    if not libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes):
+        # Older glibc caps the threshold at 32 MiB, just below the blocks that matter: stop mapping blocks at all.
+        if not libc.mallopt(_M_MMAP_MAX, 0):
+            return False
+    return bool(libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes))

@@ -170,7 +170,10 @@ def _in_subprocess(worker: Callable[..., None], *args: object, timeout_s: float 
     finally:
         if proc.is_alive():  # an error or interrupt here, or a timeout: do not leave the child running
             proc.terminate()
-        proc.join(timeout=10)
+            proc.join(timeout=10)
+            if proc.is_alive():  # it ignored SIGTERM
+                proc.kill()
+        proc.join()
 
 
 def _cpu_peak_worker(case: Case, side: str, queue: mp.Queue) -> None:

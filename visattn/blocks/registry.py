@@ -49,15 +49,16 @@ def register_block(name: str, *, aliases: Sequence[str] = ()) -> Callable[[Block
     def decorator(cls: BlockT) -> BlockT:
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise TypeError(f"register_block({name!r}) expects an nn.Module subclass, got {cls!r}")
+        for alias in aliases:  # validate everything before the registry changes
+            if alias in _BLOCKS and alias != name:
+                raise ValueError(f"alias {alias!r} of block {name!r} is already the name of block "
+                                 f"{_BLOCKS[alias].__name__}; choose another alias")
         if name in _BLOCKS or name in _ALIASES:
             # Overwrite like timm's register_model does, so re-running a notebook cell works, but say so.
             warnings.warn(f"visattn block {name!r} is already registered; overwriting it with {cls.__name__}",
                           stacklevel=2)
             _ALIASES.pop(name, None)
         for alias in aliases:
-            if alias in _BLOCKS and alias != name:
-                raise ValueError(f"alias {alias!r} of block {name!r} is already the name of block "
-                                 f"{_BLOCKS[alias].__name__}; choose another alias")
             if _ALIASES.get(alias, name) != name:
                 warnings.warn(f"visattn alias {alias!r} pointed to block {_ALIASES[alias]!r}; it now points to "
                               f"{name!r}", stacklevel=2)

@@ -21,7 +21,7 @@ from ..data.transforms import eval_geometry, normalize_to_tensor
 from ..training.trained import TrainedModel
 from ..utils import eval_mode, model_device_dtype
 from .images import expand_image_sources, load_image
-from .writer import OverlayItem, write_overlays
+from .writer import OverlayItem, listed_overlay_files, write_overlays
 
 __all__ = ["explain_images", "overlay_files", "read_sources"]
 
@@ -30,17 +30,22 @@ def read_sources(sources: Sequence[str | Path], errors: list[dict[str, str]], *,
                  ) -> Iterator[tuple[str, np.ndarray]]:
     """``(path, RGB uint8 image)`` for files, folders and globs, read lazily; unreadable files go to ``errors``.
 
-    Files found inside ``skip_under`` (the output folder) are left out, so that explaining a folder twice does not
-    explain the first run's overlays; a file named explicitly is kept.
+    Files an earlier run wrote into ``skip_under`` (the output folder: the ones its ``manifest.json`` lists) are left
+    out, so that explaining a folder twice does not explain the first run's overlays; a file named explicitly is kept.
 
     Raises:
-        FileNotFoundError: now, not when iterated, if a source matches no file.
+        FileNotFoundError: now, not when iterated, if a source matches no file, or only earlier overlays.
     """
     paths = expand_image_sources(sources)
     if skip_under is not None:
-        out = Path(skip_under).resolve()
+        out = Path(skip_under)
+        ours = listed_overlay_files(out)
         named = {Path(s).resolve() for s in sources if Path(s).is_file()}
-        paths = [p for p in paths if p.resolve() in named or not p.resolve().is_relative_to(out)]
+        kept = [p for p in paths if p.resolve() in named or p.resolve() not in ours]
+        if paths and not kept:
+            raise FileNotFoundError(f"the sources {[str(s) for s in sources]} hold only the overlays an earlier run "
+                                    f"wrote into {str(out)!r}; name the original images")
+        paths = kept
 
     def read() -> Iterator[tuple[str, np.ndarray]]:
         for path in paths:

@@ -182,6 +182,12 @@ def _read_previous_files(manifest_path: Path) -> set[str]:
         return set()
 
 
+def listed_overlay_files(out_dir: str | Path) -> set[Path]:
+    """The files (resolved) that the ``manifest.json`` in ``out_dir`` lists: what an earlier run wrote there."""
+    out_dir = Path(out_dir)
+    return {(out_dir / rel).resolve() for rel in _read_previous_files(out_dir / "manifest.json")}
+
+
 def _remove_stale(out_dir: Path, stale: set[str]) -> None:
     """Delete PNGs a previous run into ``out_dir`` listed and this run did not rewrite, then their empty folders.
 

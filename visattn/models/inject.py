@@ -122,10 +122,13 @@ _INJECT_ARGS = ("stages", "blocks", "init", "input_size")
 
 
 def _accepted_kwargs(block_cls: Any) -> set[str] | None:
-    """The argument names ``block_cls`` lists (None when its signature cannot be read)."""
+    """The argument names ``block_cls`` accepts; None when it may accept any (``**kwargs`` it does not check) or its
+    signature cannot be read. visattn's own blocks take ``**kwargs`` only to reject unknown ones with a suggestion."""
     try:
         params = inspect.signature(block_cls).parameters.values()
     except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params) and not getattr(block_cls, "__module__", "").startswith("visattn."):
         return None
     return {p.name for p in params if p.kind is not p.VAR_KEYWORD}
 
@@ -211,6 +214,7 @@ def inject(
     keys_before = set(model.state_dict())
     params_before = count_params(model)
 
+    original_classes = [(res_block, type(res_block)) for _, res_block in selected]
     try:
         with eval_mode(model), torch.no_grad():
             flops_before, out_before = count_flops(model, probe)
@@ -237,9 +241,12 @@ def inject(
                 f"the block class does not honour identity_init"
             )
     except BaseException:
-        for _, res_block in selected:  # any failure leaves the user's model as it was
+        for res_block, cls in original_classes:  # any failure leaves the user's model as it was
             if hasattr(res_block, "se"):
                 res_block.se = None
+            if type(res_block) is not cls:  # a torchvision block given an attention slot: take the slot away again
+                res_block.__class__ = cls
+                del res_block.se
         raise
 
     for path, _ in selected:  # match the parent's train/eval flag, which eval_mode has just restored

@@ -113,7 +113,7 @@ def load_config(schema: type[T], path: str | os.PathLike[str] | None = None, ove
     data: dict[str, Any] = {} if path is None else _load_file(Path(path), chain=())
     data.pop("_meta", None)
     if overrides:
-        data = _deep_merge(data, parse_overrides(overrides))
+        data = _deep_merge(data, parse_overrides(overrides), empty_replaces=True)
     return config_from_dict(schema, data)
 
 
@@ -154,13 +154,13 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML: {exc}") from None
         for part in reversed(parts):
             value = {part: value}
-        result = _deep_merge(result, value)
+        result = _deep_merge(result, value, empty_replaces=True)
     return result
 
 
 def merge_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """``data`` (a nested config mapping) with ``key=value`` overrides deep-merged over it."""
-    return _deep_merge(data, parse_overrides(overrides)) if overrides else dict(data)
+    return _deep_merge(data, parse_overrides(overrides), empty_replaces=True) if overrides else dict(data)
 
 
 def format_override(key: str, value: Any) -> str:
@@ -282,11 +282,15 @@ def _load_file(path: Path, chain: tuple[Path, ...], parent: Path | None = None) 
     return _deep_merge(merged, data)
 
 
-def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """``update`` over ``base``, mappings merged key by key; an empty mapping replaces (``model.kwargs={}`` clears)."""
+def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any], *, empty_replaces: bool = False
+                ) -> dict[str, Any]:
+    """``update`` over ``base``, mappings merged key by key. With ``empty_replaces`` (command-line overrides) an empty
+    mapping replaces instead, so ``model.kwargs={}`` clears; in files ``optim: {}`` changes nothing, as YAML readers
+    expect."""
     out = dict(base)
     for k, v in update.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and v and isinstance(out.get(k), Mapping) else v
+        merge = isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and (bool(v) or not empty_replaces)
+        out[k] = _deep_merge(out[k], v, empty_replaces=empty_replaces) if merge else v
     return out
 
 

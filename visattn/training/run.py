@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, get_worker_info
 
 from ..cam.layers import resolve_layers
@@ -120,23 +121,39 @@ def _git_hash() -> str | None:
         return None
 
 
+def _run_name(cfg: TrainConfig, config_path: str | Path | None) -> str:
+    return cfg.checkpoint.run_name or (Path(config_path).stem if config_path else "run")
+
+
 def _run_dir(cfg: TrainConfig, config_path: str | Path | None, resume: bool) -> Path:
     """The folder of a new run (``name``, else the first free ``name-N``), or with ``resume`` the folder of this
     config's latest run: the one whose ``last.safetensors`` was written last."""
-    name = cfg.checkpoint.run_name or (Path(config_path).stem if config_path else "run")
+    name = _run_name(cfg, config_path)
     base = Path(cfg.checkpoint.output_dir) / name
     if resume:
-        numbered = re.compile(re.escape(name) + r"-\d+")
-        runs = [base, *(p for p in base.parent.glob(f"{glob.escape(name)}-*") if numbered.fullmatch(p.name))]
+        # Numbered folders count only when their config.yaml says they are this run's (name-50 may be another
+        # config's run named "name-50").
+        numbered = re.compile(re.escape(base.name) + r"-\d+")
+        runs = [base, *(p for p in base.parent.glob(f"{glob.escape(base.name)}-*")
+                        if numbered.fullmatch(p.name) and _recorded_run_name(p) == name)]
         saved = [p for p in runs if (p / "last.safetensors").is_file()]
         return max(saved, key=lambda p: (p / "last.safetensors").stat().st_mtime_ns) if saved else base
     if not base.exists():
         return base
     for i in range(1, 10_000):  # never write over an earlier run
-        candidate = base.with_name(f"{name}-{i}")
+        candidate = base.with_name(f"{base.name}-{i}")
         if not candidate.exists():
             return candidate
     raise RuntimeError(f"too many runs named {name!r} in {cfg.checkpoint.output_dir}")
+
+
+def _recorded_run_name(run_dir: Path) -> str | None:
+    """The run name a run folder's config.yaml records (``_meta.run_name``), if any."""
+    try:
+        meta = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("_meta") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return meta.get("run_name") if isinstance(meta, dict) else None
 
 
 def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: str | Path | bool = False
@@ -222,7 +239,8 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml", extra={"visattn_version": __version__, "git_hash": _git_hash(),
-                                                          "torch_version": str(torch.__version__)})
+                                                          "torch_version": str(torch.__version__),
+                                                          "run_name": _run_name(cfg, config_path)})
         if resume_file is not None:  # drop lines of epochs after the checkpoint (an interrupted run's last words)
             atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         print(f"run folder: {run_dir}")

@@ -85,8 +85,9 @@ _CV2_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR
 
 def _timm_config(model_name: str, overrides: Sequence[str]) -> TrainConfig:
     """Eval preprocessing from the timm model's pretrained config, as ``timm.data.create_transform`` builds it:
-    resize the short side to ``floor(size / crop_pct)`` with its interpolation, centre-crop ``size``, its mean and
-    std."""
+    resize the short side (both sides for ``crop_mode='squash'``) to ``floor(size / crop_pct)`` with its
+    interpolation, centre-crop ``size``, its mean and std. Resizing goes through OpenCV, which does not antialias a
+    large downscale as PIL does: pixel values differ a little from timm's, the geometry does not."""
     if not timm.is_model(model_name):
         raise ValueError(f"model={model_name!r} is not a timm model name; e.g. {timm.list_models('resnet*')[:4]}")
     pretrained = timm.models.get_pretrained_cfg(model_name)
@@ -99,9 +100,12 @@ def _timm_config(model_name: str, overrides: Sequence[str]) -> TrainConfig:
                                           "data.augment=imagenet", f"data.mean={mean}", f"data.std={std}",
                                           *overrides])
     if cfg.data.eval_transforms is None:  # an override's own list wins
-        cfg.data.eval_transforms = [
-            {"name": "SmallestMaxSize", "max_size": math.floor(size / crop_pct), "interpolation": interpolation},
-            {"name": "CenterCrop", "height": size, "width": size}]
+        size = cfg.data.image_size  # the pretrained cfg's, unless an override set another
+        scale = math.floor(size / crop_pct)
+        squash = pretrained is not None and getattr(pretrained, "crop_mode", "center") == "squash"
+        resize = ({"name": "Resize", "height": scale, "width": scale, "interpolation": interpolation} if squash
+                  else {"name": "SmallestMaxSize", "max_size": scale, "interpolation": interpolation})
+        cfg.data.eval_transforms = [resize, {"name": "CenterCrop", "height": size, "width": size}]
     return cfg
 
 
