@@ -16,7 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["max_with_index", "mean_max", "scale_channels"]
+__all__ = ["accumulated_mean", "max_with_index", "mean_max", "scale_channels"]
+
+
+def accumulated_mean(x: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = False) -> torch.Tensor:
+    """``x.mean(dim)`` summed in at least float32 and returned in ``x``'s dtype.
+
+    A float16 sum over thousands of pixels overflows where the mean would not, and float64 must stay float64. Under
+    autocast ``mean()`` would also come back float32 while ``max()`` stays half, and backward would mix them.
+    ``sum() * (1/N)`` rather than ``mean()``: its backward is an expanded view, not a division over all of ``x``.
+    """
+    dims = (dim,) if isinstance(dim, int) else dim
+    n = math.prod(x.shape[d] for d in dims)
+    return (x.sum(dims, keepdim=keepdim, dtype=torch.promote_types(x.dtype, torch.float32)) * (1.0 / n)).to(x.dtype)
 
 
 def max_with_index(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,9 +56,7 @@ class _MeanMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[dim]
-        # Accumulate in at least float32 (a float16 sum over thousands of pixels overflows) and return x's dtype: under
-        # autocast sum() would otherwise come back float32 while max() stays half, and backward would mix them.
-        mean = (x.sum(dim, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32)) * (1.0 / n)).to(x.dtype)
+        mean = accumulated_mean(x, dim, keepdim=True)
         peak, index = max_with_index(x, dim)
         ctx.save_for_backward(index)
         ctx.dim, ctx.shape, ctx.n = dim, x.shape, n

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .components import Gate, LayerSpec, check_channels, reduced_channels, reject_unknown, resolve_act
+from .pooling import accumulated_mean
 from .registry import register_block
 
 __all__ = ["SqueezeExcite"]
@@ -74,10 +75,7 @@ class SqueezeExcite(nn.Module):
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel gate, shape ``(B, C)``."""
-        # sum() * (1/N) rather than mean(): its backward is an expanded view, not a division over all of x.
-        # float32 accumulation: a float16 sum over a large map overflows where the mean would not.
-        acc = torch.promote_types(x.dtype, torch.float32)  # at least float32; float64 stays float64
-        squeezed = (x.sum((2, 3), dtype=acc) * (1.0 / (x.shape[2] * x.shape[3]))).to(x.dtype)
+        squeezed = accumulated_mean(x, (2, 3))
         return self.gate(self.fc2(self.act(self.fc1(squeezed))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from .render import _check_image, blend
 __all__ = ["OverlayItem", "write_overlays"]
 
 MANIFEST_FORMAT = "visattn.overlays/1"
+MANIFEST_NAME = "manifest.json"
 
 
 @dataclass
@@ -185,7 +186,7 @@ def _read_previous_files(manifest_path: Path) -> set[str]:
 def listed_overlay_files(out_dir: str | Path) -> set[Path]:
     """The files (resolved) that the ``manifest.json`` in ``out_dir`` lists: what an earlier run wrote there."""
     out_dir = Path(out_dir)
-    return {(out_dir / rel).resolve() for rel in _read_previous_files(out_dir / "manifest.json")}
+    return {(out_dir / rel).resolve() for rel in _read_previous_files(out_dir / MANIFEST_NAME)}
 
 
 def _remove_stale(out_dir: Path, stale: set[str]) -> None:
@@ -241,10 +242,10 @@ def write_overlays(out_dir: str | Path, items: Iterable[OverlayItem], *, alpha: 
     _check_errors(errors)  # checked again at the end, when a generator may have appended to it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / "manifest.json"
+    manifest_path = out_dir / MANIFEST_NAME
     previous = _read_previous_files(manifest_path)
 
-    folders = UniqueNames(reserved=("manifest.json", "index.html"))
+    folders = UniqueNames(reserved=(MANIFEST_NAME, "index.html"))
     entries = []
     for item in tqdm(items, desc="overlays", unit="image", disable=not progress):
         folder = folders.take(PurePath(str(getattr(item, "source", ""))).stem)

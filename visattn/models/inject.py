@@ -26,6 +26,7 @@ from ..blocks.registry import canonical_name, get_block
 from ..utils import count_flops, count_params, eval_mode, model_device_dtype
 from .inject_report import InjectionReport, InjectionSite
 from .torchvision_blocks import AttnBasicBlock, AttnBottleneck, can_add_attention_slot, with_attention_slot
+from .weights import mark_injected
 
 __all__ = ["inject", "Injected", "find_residual_blocks"]
 
@@ -224,7 +225,7 @@ def inject(
                 attn = _build(block_cls, channels, init == "identity", {"device": device, "dtype": dtype},
                               block_kwargs)
                 attn.eval()  # the context manager restores the model's flags; new modules start like their parents
-                attn.visattn_injected = True  # load_weights lets its keys be missing, registered class or not
+                mark_injected(attn)  # load_weights lets its keys be missing, registered class or not
                 if isinstance(res_block, _TV_BLOCKS):
                     with_attention_slot(res_block)
                 res_block.se = attn

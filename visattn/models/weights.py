@@ -39,6 +39,19 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+_INJECTED = "visattn_injected"  # a plain attribute: survives deepcopy and .to(), stays out of the state_dict
+
+
+def mark_injected(module: nn.Module) -> None:
+    """Tag a module that :func:`visattn.inject` added, so :func:`load_weights` lets its keys be missing."""
+    setattr(module, _INJECTED, True)
+
+
+def is_injected(module: nn.Module) -> bool:
+    """True for a module :func:`mark_injected` tagged."""
+    return bool(getattr(module, _INJECTED, False))
+
+
 def load_weights(
         model: nn.Module,
         source: str | Path | Mapping[str, torch.Tensor],
@@ -68,7 +81,7 @@ def load_weights(
     """
     state = read_state_dict(source)
     may_be_missing = tuple(f"{name}." for name, m in model.named_modules()
-                           if name and (is_block(m) or getattr(m, "visattn_injected", False))) + allow_missing
+                           if name and (is_block(m) or is_injected(m))) + allow_missing
     # Check the keys before loading anything, so that a mismatch leaves the model as it was.
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]

@@ -27,16 +27,16 @@ __all__ = [
     "load_train_config",
 ]
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 def _check_at_least(section: object, minimum: int | float, *names: str) -> None:
     """Raise ValueError naming the first field in ``names`` that is set (not None) and below ``minimum``."""
     for name in names:
         value = getattr(section, name)
         if value is not None and value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
