@@ -17,7 +17,8 @@ def small_train():
 
 
 def _same(a: ShapeSample, b: ShapeSample) -> bool:
-    return a.label == b.label and np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    return (a.label == b.label and a.centre == b.centre and np.array_equal(a.image, b.image)
+            and np.array_equal(a.mask, b.mask))
 
 
 def test_classes():
@@ -85,6 +86,25 @@ def test_mask_marks_a_visible_object():
         band = grown & ~inside
         diff = np.abs(s.image[inside].mean(0) - s.image[band].mean(0)).max()
         assert diff > 10, f"sample {i}: object indistinguishable from background ({diff:.1f})"
+
+
+def test_centre_is_the_objects_centre():
+    # Point-symmetric shapes (circle, square, cross, ring) have their mask's centroid at the centre, unless a stroke
+    # occludes part of them (20 % of samples); every object's centre lies inside the mask's bounding box and scales
+    # with image_size.
+    symmetric = {CLASSES.index(name) for name in ("circle", "square", "cross", "ring")}
+    close = []
+    for i in range(200):
+        s = render_sample(i, split="val", image_size=64)
+        x, y = s.centre
+        ys, xs = np.nonzero(s.mask)
+        assert xs.min() <= x <= xs.max() + 1 and ys.min() <= y <= ys.max() + 1, (i, s.centre)
+        if s.label in symmetric:
+            # Pixel (row i, column j) spans [j, j+1) x [i, i+1): its centre is at (j + 0.5, i + 0.5).
+            close.append(max(abs(xs.mean() + 0.5 - x), abs(ys.mean() + 0.5 - y)) < 0.3)
+        small = render_sample(i, split="val", image_size=32)
+        assert np.allclose(np.array(small.centre) * 2, s.centre, atol=1.0), i
+    assert len(close) >= 60 and np.mean(close) >= 0.75, (len(close), np.mean(close))
 
 
 def test_image_size_renders_the_same_scene():

@@ -139,11 +139,15 @@ class ShapeSample:
         image: ``(H, W, 3)`` uint8 RGB image.
         mask: ``(H, W)`` uint8, 1 on the object's visible pixels, 0 elsewhere (never empty).
         label: class index into ``CLASSES``.
+        centre: ``(x, y)`` of the object's centre (the centre of its bounding circle before the squeeze), in
+            continuous pixel coordinates: pixel ``(i, j)`` spans ``[j, j+1) x [i, i+1)``, so ``int(x), int(y)`` is the
+            pixel it falls in. It is where the object is, not necessarily on it: a ring's centre lies in its hole.
     """
 
     image: np.ndarray
     mask: np.ndarray
     label: int
+    centre: tuple[float, float]
 
 
 # --- argument checks ----------------------------------------------------------------------------------------------
@@ -291,7 +295,8 @@ def _render(index: int, split_id: int, image_size: int, seed: int, label: int | 
     # 4. Sensor-like noise over everything.
     noise = rng.standard_normal((size, size, 3), dtype=np.float32) * (3 + 7 * u_noise)
     image = np.clip(image + noise + 0.5, 0, 255).astype(np.uint8)
-    return ShapeSample(image=image, mask=mask.view(np.uint8), label=label)
+    return ShapeSample(image=image, mask=mask.view(np.uint8), label=label,
+                       centre=(float(center[0]), float(center[1])))
 
 
 def render_sample(index: int, *, split: str = "train", image_size: int = 32, seed: int = 0) -> ShapeSample:
@@ -308,7 +313,7 @@ def render_sample(index: int, *, split: str = "train", image_size: int = 32, see
         seed: dataset seed, int >= 0.
 
     Returns:
-        The sample: uint8 RGB image ``(H, W, 3)``, uint8 object mask ``(H, W)`` and label.
+        The sample: uint8 RGB image ``(H, W, 3)``, uint8 object mask ``(H, W)``, label and the object's centre.
 
     Raises:
         TypeError: if ``index``, ``image_size`` or ``seed`` is not an int.
@@ -347,7 +352,7 @@ class ShapesDataset(Dataset):
         >>> from albumentations.pytorch import ToTensorV2
         >>> train = ShapesDataset("train", transform=A.Compose([A.HorizontalFlip(), A.Normalize(), ToTensorV2()]))
         >>> image, label = train[0]   # float tensor (3, 32, 32), int
-        >>> raw = train.sample(0)     # ShapeSample(image, mask, label), untransformed
+        >>> raw = train.sample(0)     # ShapeSample(image, mask, label, centre), untransformed
     """
 
     classes: tuple[str, ...] = CLASSES
@@ -376,6 +381,7 @@ class ShapesDataset(Dataset):
         self._images: np.ndarray | None = None
         self._masks: np.ndarray | None = None
         self._labels: np.ndarray | None = None
+        self._centres: np.ndarray | None = None
         if self.num_samples * self.image_size**2 * 4 <= _PRERENDER_BYTES:
             self._prerender()
 
@@ -383,11 +389,13 @@ class ShapesDataset(Dataset):
         n, size = self.num_samples, self.image_size
         images = np.empty((n, size, size, 3), np.uint8)
         masks = np.empty((n, size, size), np.uint8)
+        centres = np.empty((n, 2), np.float64)
         labels = self.targets  # block-wise: one generator per 10 labels instead of one per sample
         for i in range(n):
             s = _render(i, self._split_id, size, self.seed, labels[i])
-            images[i], masks[i] = s.image, s.mask
+            images[i], masks[i], centres[i] = s.image, s.mask, s.centre
         self._images, self._masks, self._labels = images, masks, np.asarray(labels, np.int64)
+        self._centres = centres
 
     def __len__(self) -> int:
         return self.num_samples
@@ -412,15 +420,17 @@ class ShapesDataset(Dataset):
             index: sample index; negative values count from the end.
 
         Returns:
-            The sample (uint8 image, uint8 mask, label). Its arrays are copies, safe to modify.
+            The sample (uint8 image, uint8 mask, label, object centre). Its arrays are copies, safe to modify.
 
         Raises:
             TypeError: if ``index`` is not an int.
             IndexError: if ``index`` is out of range.
         """
         i = self._index(index)
-        if self._images is not None and self._masks is not None and self._labels is not None:
-            return ShapeSample(self._images[i].copy(), self._masks[i].copy(), int(self._labels[i]))
+        if self._images is not None and self._masks is not None and self._labels is not None \
+                and self._centres is not None:
+            x, y = self._centres[i].tolist()
+            return ShapeSample(self._images[i].copy(), self._masks[i].copy(), int(self._labels[i]), (x, y))
         if i in self._cache:
             self._cache.move_to_end(i)
             s = self._cache[i]
@@ -429,7 +439,7 @@ class ShapesDataset(Dataset):
             self._cache[i] = s
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return ShapeSample(s.image.copy(), s.mask.copy(), s.label)
+        return ShapeSample(s.image.copy(), s.mask.copy(), s.label, s.centre)
 
     @staticmethod
     def _apply(transform: Callable[..., dict], s: ShapeSample) -> Mapping[str, Any]:
