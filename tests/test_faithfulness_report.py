@@ -74,6 +74,21 @@ def test_json_and_png_written(tmp_path):
     assert "n/a" in report.table()
 
 
+def test_all_zero_maps_get_no_sanity_score(tmp_path):
+    methods = {"gradient": input_gradient,
+               "zeros": lambda model: lambda images, classes: torch.zeros(len(images), *images.shape[2:])}
+    report = evaluate_faithfulness(RegionNet(), region_images(2), CLASSES[:2], None, methods, out_dir=tmp_path,
+                                   steps=2, percentiles=(50,), sanity_layers=["fc"])
+    assert report.methods["zeros"].scalars()["sanity_spearman"] != report.methods["zeros"].scalars()[
+        "sanity_spearman"]  # NaN: not the best score, 0
+    line = next(row for row in report.table().splitlines() if row.startswith("zeros"))
+    assert line.rstrip().endswith("n/a")
+    assert "original map is constant (no ranking to keep): zeros 2 of 2" in report.table()
+    data = json.loads((tmp_path / "faithfulness.json").read_text())
+    assert data["methods"]["zeros"]["sanity"] == {"layers": ["fc"], "spearman": [None], "excluded": 2}
+    assert data["methods"]["gradient"]["sanity"]["excluded"] == 0
+
+
 def test_without_sanity_or_masks():
     model = RegionNet().train()
     report = evaluate_faithfulness(model, region_images(2), CLASSES[:2], None, {"random": METHODS["random"]},

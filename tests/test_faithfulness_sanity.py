@@ -41,8 +41,10 @@ def test_spearman_matches_scipy_with_many_ties():
     torch.testing.assert_close(spearman(a, b), expected)
 
 
-def test_constant_map_correlates_zero():
-    assert spearman(torch.zeros(2, 3, 3), torch.rand(2, 3, 3)).tolist() == [0.0, 0.0]
+def test_constant_map_has_no_rank_correlation():
+    # As scipy.stats.spearmanr: a constant map has no ranking, so the correlation is undefined.
+    assert spearman(torch.zeros(2, 3, 3), torch.rand(2, 3, 3)).isnan().all()
+    assert spearman(torch.rand(2, 3, 3), torch.ones(2, 3, 3)).isnan().all()
     with pytest.raises(ValueError, match="same shape"):
         spearman(torch.rand(2, 3, 3), torch.rand(2, 3, 4))
 
@@ -83,6 +85,36 @@ def test_gradient_map_decorrelates_and_model_free_map_does_not():
     torch.testing.assert_close(fixed.mean_spearman, torch.ones(3))
 
 
+def test_constant_original_maps_are_excluded_not_rewarded():
+    # An all-zero map ignores the model too; it must not score the best possible correlation (0).
+    model, x = RegionNet(), region_images(N)
+    zeros = cascading_randomization(model, x, CLASSES, lambda m: lambda images, classes: torch.zeros(
+        len(images), *images.shape[2:]))
+    assert zeros.spearman.isnan().all() and zeros.n_excluded == N and zeros.mean_spearman.isnan().all()
+
+    # One image's original map is constant: it is left out, the others average as usual.
+    def partly_constant(m):
+        explain = input_gradient(m)
+        return lambda images, classes: explain(images, classes) * (classes != 0).view(-1, 1, 1)
+
+    classes = torch.tensor([0, 1, 1])
+    part = cascading_randomization(model, x, classes, partly_constant)
+    full = cascading_randomization(model, x, classes, input_gradient)
+    assert part.n_excluded == 1 and part.spearman[:, 0].isnan().all()
+    torch.testing.assert_close(part.mean_spearman, full.spearman[:, 1:].mean(1))
+
+
+def test_randomised_map_collapsing_to_a_constant_counts_as_decorrelated():
+    model, x = RegionNet(), region_images(N)
+
+    def collapses_when_randomised(m):
+        explain = input_gradient(m)
+        return lambda images, classes: explain(images, classes) * float(m is model)
+
+    result = cascading_randomization(model, x, CLASSES, collapses_when_randomised)
+    assert result.n_excluded == 0 and torch.equal(result.spearman, torch.zeros(3, N))
+
+
 def test_reproducible_for_a_seed():
     model, x = RegionNet(), region_images(N)
     a = cascading_randomization(model, x, CLASSES, input_gradient, layers=["fc"], seed=1)
@@ -115,6 +147,48 @@ def test_parameters_without_reset_are_reinitialised_reproducibly():
     assert float(a.gate.detach().abs().max()) < 0.1  # N(0, 0.02^2)
     result = cascading_randomization(model, x, CLASSES, input_gradient, layers=["head.fc", "attn"])
     assert result.layers == ["head.fc", "attn"] and torch.equal(model.attn.gate, torch.ones(3, 1, 1))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+def test_reset_that_misses_parameters_is_completed():
+    # Legacy weight_norm: conv.reset_parameters() redraws the derived `weight`, which the next forward recomputes
+    # from weight_g / weight_v; those must be re-initialised too, or the layer keeps what it learned.
+    torch.manual_seed(0)
+    conv = nn.utils.weight_norm(nn.Conv2d(3, 4, 3))
+    g, v = conv.weight_g.detach().clone(), conv.weight_v.detach().clone()
+    x = torch.randn(1, 3, 8, 8)
+    before = conv(x)
+    _reinitialize(conv, seed=1)
+    assert not torch.equal(conv.weight_g, g) and not torch.equal(conv.weight_v, v)
+    assert not torch.allclose(conv(x), before)
+    # A reset that writes every parameter is left as it is: Linear's bias keeps PyTorch's uniform init, not N(0, 0.02^2).
+    linear = nn.Linear(4, 3)
+    _reinitialize(linear, seed=1)
+    assert float(linear.weight.detach().abs().max()) > 0.1
+
+
+def test_the_models_own_parameters_are_a_last_step():
+    class TokenNet(nn.Module):  # like a ViT: a parameter owned by the model itself, not by a child
+        def __init__(self):
+            super().__init__()
+            self.net = RegionNet()
+            self.offset = nn.Parameter(torch.full((1, 3, 1, 1), 0.5))
+
+        def forward(self, x):
+            return self.net(x + self.offset)
+
+    model, x = TokenNet(), region_images(N)
+    assert default_sanity_layers(model) == ["net", ""]
+    result = cascading_randomization(model, x, CLASSES, input_gradient)
+    assert result.layers == ["net", ""] and result.spearman.shape == (2, N)
+    assert torch.equal(model.offset, torch.full((1, 3, 1, 1), 0.5))  # the user's model is untouched
+    copy = TokenNet()
+    state = {k: v.clone() for k, v in copy.net.state_dict().items()}
+    _reinitialize(copy, seed=3, recurse=False)
+    assert not torch.equal(copy.offset, torch.full((1, 3, 1, 1), 0.5))
+    assert all(torch.equal(state[k], v) for k, v in copy.net.state_dict().items())  # children are not touched
+    with pytest.raises(ValueError, match="'' has no parameters"):
+        cascading_randomization(RegionNet(), x, CLASSES, input_gradient, layers=["fc", ""])
 
 
 def test_invalid_layers_raise():

@@ -118,13 +118,17 @@ class FaithfulnessReport:
         sanity = {name: s.sanity for name, s in self.methods.items() if s.sanity is not None}
         if sanity:
             layers = next(iter(sanity.values())).layers
-            header = ["method", *(("+" if i else "") + layer for i, layer in enumerate(layers))]
+            header = ["method", *(("+" if i else "") + _layer_label(layer) for i, layer in enumerate(layers))]
             rows = [[name, *(_fmt(v) for v in s.mean_spearman.tolist())] for name, s in sanity.items()]
             parts.append("sanity check: Spearman ↓ between original maps and maps after randomising these layers "
                          "(cumulatively, from the top)\n" + _render(header, rows, markdown))
         excluded = {s.pointing.n_excluded for s in self.methods.values() if s.pointing is not None}
         if excluded - {0}:
             parts.append(f"pointing games: {max(excluded)} of {self.n_images} images excluded (empty mask)")
+        constant = {name: s.n_excluded for name, s in sanity.items() if s.n_excluded}
+        if constant:
+            parts.append("sanity check: images excluded because their original map is constant (no ranking to "
+                         "keep): " + ", ".join(f"{name} {n} of {self.n_images}" for name, n in constant.items()))
         return "\n\n".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,7 +145,8 @@ class FaithfulnessReport:
             if s.pointing is not None:
                 entry["pointing_excluded"] = s.pointing.n_excluded
             if s.sanity is not None:
-                entry["sanity"] = {"layers": s.sanity.layers, "spearman": s.sanity.mean_spearman.tolist()}
+                entry["sanity"] = {"layers": s.sanity.layers, "spearman": s.sanity.mean_spearman.tolist(),
+                                   "excluded": s.sanity.n_excluded}
             methods[name] = entry
         first = next(iter(self.methods.values()))
         return _json_safe({
@@ -167,7 +172,7 @@ class FaithfulnessReport:
             ax_road.plot(s.road.percentiles, s.road.morf_curve, color=colour, marker="o", label=f"{name} MoRF")
             ax_road.plot(s.road.percentiles, s.road.lerf_curve, color=colour, marker="o", ls="--", label=f"{name} LeRF")
             if s.sanity is not None:
-                ticks = ["original", *s.sanity.layers]
+                ticks = ["original", *map(_layer_label, s.sanity.layers)]
                 ax_san.plot(range(len(ticks)), [1.0, *s.sanity.mean_spearman.tolist()], color=colour, marker="o",
                             label=name)
                 ax_san.set_xticks(range(len(ticks)), ticks, rotation=45, ha="right")
@@ -233,7 +238,7 @@ def evaluate_faithfulness(
         tolerance: pointing-game tolerance in pixels.
         batch_size: images per forward pass / explain call.
         sanity: run the cascading randomisation test (one deep copy of the model at a time).
-        sanity_layers: layers to randomise, top first; default the model's parameterised top-level children.
+        sanity_layers: layers to randomise, top first; default :func:`.sanity.default_sanity_layers`.
         seed: seed for the ROAD noise and the re-initialisation.
         progress: show a progress bar.
 
@@ -305,6 +310,10 @@ def evaluate_faithfulness(
 
 def _setting(value: object) -> object:
     return f"tensor{tuple(value.shape)}" if isinstance(value, torch.Tensor) else value
+
+
+def _layer_label(name: str) -> str:
+    return name or "own parameters"  # "": the model's own parameters (see sanity.default_sanity_layers)
 
 
 def _fmt(value: float | None) -> str:

@@ -9,14 +9,20 @@ Choices:
 - The randomisation runs on a ``copy.deepcopy`` of the model, taken before the user's model is explained, so hooks an
   explain function leaves behind are not copied into the randomised model; the user's model is never modified.
 - A step re-initialises every submodule of the named layer with its own ``reset_parameters()`` (PyTorch's default
-  init, as the paper's "re-initialise to the initial distribution"), and fills parameters of modules without one from
-  N(0, 0.02^2) (timm's init scale). The global RNG is forked and seeded with ``seed + step`` (CPU and the model's CUDA
-  devices), so results are reproducible and the caller's RNG state is untouched.
+  init, as the paper's "re-initialise to the initial distribution"), and fills from N(0, 0.02^2) (timm's init scale)
+  every parameter that no ``reset_parameters()`` wrote to: those of modules without one, and those a reset misses
+  (legacy ``nn.utils.weight_norm`` keeps ``weight_g``/``weight_v`` while its conv resets a derived ``weight``). The
+  global RNG is forked and seeded with ``seed + step`` (CPU and the model's CUDA devices), so results are reproducible
+  and the caller's RNG state is untouched.
 - The default steps are the model's top-level children that own parameters, last first. For a timm ResNet that is
-  ``fc, layer4, layer3, layer2, layer1, bn1, conv1`` (``bn1`` is its own step because it is its own child).
+  ``fc, layer4, layer3, layer2, layer1, bn1, conv1`` (``bn1`` is its own step because it is its own child). A model
+  with parameters of its own (a ViT's ``cls_token`` and ``pos_embed``) gets a last step, named ``""``, that
+  re-initialises just those, so the last step leaves no trained parameter behind.
 - Spearman correlation is Pearson correlation of ranks, with tied values given their average rank (as
-  ``scipy.stats.spearmanr``). A constant map has no ranking; its correlation with anything is reported as 0 rather
-  than NaN, so a method whose maps collapse to all-zeros counts as decorrelated instead of dropping out of the mean.
+  ``scipy.stats.spearmanr``); it is NaN when either map is constant (no ranking). In the cascade, an image whose
+  original map is constant cannot show whether the map depends on the model: it is NaN and left out of the means
+  (``SanityResult.n_excluded``), so a method returning all-zero maps scores n/a, not a perfect 0. A randomised map
+  that collapses to a constant while the original varies has lost the original's ranking: that counts as 0.
 - SSIM (also in the paper) is not computed: rank correlation is the paper's headline measure.
 """
 
@@ -43,17 +49,24 @@ class SanityResult:
     """Rank correlation between the maps of the model and of its progressively randomised copies.
 
     Attributes:
-        layers: names randomised, in order; step ``i`` has ``layers[:i + 1]`` randomised.
-        spearman: ``(L, B)`` Spearman correlation per step and image.
+        layers: names randomised, in order; step ``i`` has ``layers[:i + 1]`` randomised (``""``: the model's own
+            parameters, not its children's).
+        spearman: ``(L, B)`` Spearman correlation per step and image; NaN for images whose original map is constant.
     """
 
     layers: list[str]
     spearman: torch.Tensor
 
     @property
+    def n_excluded(self) -> int:
+        """Images left out of the means because their original map is constant."""
+        return int(self.spearman.isnan().all(0).sum()) if self.spearman.numel() else 0
+
+    @property
     def mean_spearman(self) -> torch.Tensor:
-        """``(L,)`` correlation averaged over images, per step (lower is better)."""
-        return self.spearman.mean(1)
+        """``(L,)`` correlation averaged over the images with a non-constant original map, per step (lower is better;
+        NaN when there is none)."""
+        return self.spearman.nanmean(1)
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -76,7 +89,7 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(B,)`` Spearman rank correlation between matching maps of ``a`` and ``b`` (any shape ``(B, ...)``).
 
-    Ties get their average rank; a row where either map is constant gives 0 (see the module notes).
+    Ties get their average rank; a row where either map is constant gives NaN, as ``scipy.stats.spearmanr``.
 
     Raises:
         ValueError: if the shapes differ or there are fewer than 2 values per map.
@@ -93,12 +106,19 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ra = ra - ra.mean(1, keepdim=True)
     rb = rb - rb.mean(1, keepdim=True)
     denom = ra.norm(dim=1) * rb.norm(dim=1)
-    return torch.where(denom > 0, (ra * rb).sum(1) / denom.clamp_min(torch.finfo(dtype).tiny), 0.0).float()
+    return torch.where(denom > 0, (ra * rb).sum(1) / denom.clamp_min(torch.finfo(dtype).tiny), torch.nan).float()
+
+
+def _is_constant(maps: torch.Tensor) -> torch.Tensor:
+    flat = maps.detach().flatten(1)
+    return (flat == flat[:, :1]).all(1)
 
 
 def default_sanity_layers(model: nn.Module) -> list[str]:
-    """The model's top-level children that own parameters, last first (``fc, layer4, ..., conv1`` for a ResNet)."""
-    return [name for name, child in model.named_children() if next(child.parameters(), None) is not None][::-1]
+    """The model's top-level children that own parameters, last first (``fc, layer4, ..., conv1`` for a ResNet), then
+    ``""`` if the model has parameters of its own (a ViT's ``cls_token``)."""
+    names = [name for name, child in model.named_children() if next(child.parameters(), None) is not None][::-1]
+    return names + [""] if next(model.parameters(recurse=False), None) is not None else names
 
 
 def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
@@ -112,13 +132,15 @@ def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]
             close = difflib.get_close_matches(str(name), list(known), n=3)
             raise ValueError(f"layers: {name!r} is not a submodule of the model; did you mean {close}? Default: "
                              f"{default_sanity_layers(model)}")
-        if next(known[name].parameters(), None) is None:
-            raise ValueError(f"layers: {name!r} has no parameters to randomise")
+        if next(known[name].parameters(recurse=bool(name)), None) is None:
+            raise ValueError(f"layers: {name!r} has no parameters to randomise"
+                             + ("" if name else " ('' names the model's own parameters, not its children's)"))
     return list(names)
 
 
-def _reinitialize(module: nn.Module, seed: int) -> None:
-    """Re-initialise every parameter under ``module`` reproducibly (see the module notes)."""
+def _reinitialize(module: nn.Module, seed: int, *, recurse: bool = True) -> None:
+    """Re-initialise every parameter under ``module`` (only its own with ``recurse=False``) reproducibly (see the
+    module notes)."""
     cuda = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
@@ -126,13 +148,16 @@ def _reinitialize(module: nn.Module, seed: int) -> None:
         for index in cuda:
             with torch.cuda.device(index):
                 torch.cuda.manual_seed(seed)
-        for m in module.modules():
-            reset = getattr(m, "reset_parameters", None)
+        for m in module.modules() if recurse else [module]:
+            own = list(m.parameters(recurse=False))
+            reset = getattr(m, "reset_parameters", None) if recurse else None
+            # In-place writes bump a tensor's version counter: what reset() did not write to is still trained.
+            versions = [p._version for p in own]
             if callable(reset):
                 reset()
-            else:
-                for p in m.parameters(recurse=False):
-                    p.copy_(torch.randn(p.shape, generator=generator) * _INIT_STD)
+            for p, version in zip(own, versions, strict=True):
+                if p._version == version:
+                    p.copy_(torch.randn(p.shape, generator=generator).to(p) * _INIT_STD)
 
 
 def cascading_randomization(
@@ -153,13 +178,13 @@ def cascading_randomization(
         classes: ``(B,)`` target class per image.
         make_explain: builds the explain function for a model, ``make_explain(m)(images, classes) -> (B, H, W)``;
             called once on ``model`` and once per step on the randomised copy.
-        layers: module names to randomise, top (logits) first, cumulatively; default
-            :func:`default_sanity_layers`.
+        layers: module names to randomise, top (logits) first, cumulatively (``""``: the model's own parameters);
+            default :func:`default_sanity_layers`.
         seed: re-initialisation seed (step ``i`` uses ``seed + i``).
         batch_size: images per explain call.
 
     Returns:
-        Spearman correlation per step and image (on the CPU).
+        Spearman correlation per step and image (on the CPU); NaN for images whose original map is constant.
 
     Raises:
         ValueError: on malformed inputs or an unknown layer name.
@@ -179,9 +204,11 @@ def cascading_randomization(
     randomized.eval()
     with eval_mode(model):
         original = compute_maps(make_explain(model), images, classes, batch_size=batch_size)
+    varies = ~_is_constant(original)
     correlations = []
     for step, name in enumerate(names):
-        _reinitialize(randomized.get_submodule(name), seed + step)
+        _reinitialize(randomized.get_submodule(name), seed + step, recurse=bool(name))
         maps = compute_maps(make_explain(randomized), images, classes, batch_size=batch_size)
-        correlations.append(spearman(original, maps).cpu())
+        rho = spearman(original, maps)
+        correlations.append(torch.where(varies & _is_constant(maps), 0.0, rho).cpu())
     return SanityResult(layers=names, spearman=torch.stack(correlations))
