@@ -11,6 +11,8 @@ from torch import nn
 
 from visattn.cam import create_cam, list_cams
 
+from .test_utils import HeadFirst
+
 
 def _model() -> nn.Module:
     return timm.create_model("resnet18", num_classes=5, layers=[1, 1, 1, 1], channels=[8, 16, 16, 32])
@@ -148,7 +150,17 @@ def test_images_are_checked() -> None:
 
 def test_images_must_match_the_model_and_be_normalised() -> None:
     cam = create_cam("gradcam", _model())
-    with pytest.raises(ValueError, match="images have 1 channels but the model's first conv takes 3"):
+    with pytest.raises(ValueError, match="images have 1 channels but the model's stem conv takes 3"):
         cam(torch.randn(1, 1, 64, 64))
-    with pytest.raises(ValueError, match="look like raw 0-255 pixel values"):
-        cam(torch.rand(1, 3, 64, 64) * 255)
+    # Raw pixels are most likely a mistake, but a model trained on them is valid: warn, and still explain.
+    with pytest.warns(UserWarning, match="look like raw 0-255 pixel values") as caught:
+        maps = cam(torch.rand(1, 3, 64, 64) * 255)
+    assert maps.shape == (1, 64, 64) and caught[0].filename == __file__
+
+
+def test_stem_channels_come_from_the_stem_not_registration_order() -> None:
+    maps = create_cam("gradcam", HeadFirst(), "features")(torch.randn(2, 3, 8, 8))
+    assert maps.shape == (2, 8, 8)
+    # Without timm's pretrained_cfg the model's own error names a channel mismatch.
+    with pytest.raises(RuntimeError, match="channels"):
+        create_cam("gradcam", HeadFirst(), "features")(torch.randn(2, 1, 8, 8))

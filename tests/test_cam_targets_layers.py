@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -21,6 +22,9 @@ def test_target_kinds() -> None:
     assert target_classes(logits, 2).tolist() == [2, 2]
     assert target_classes(logits, [0, 2]).tolist() == [0, 2]
     assert target_classes(logits, torch.tensor([2, 1])).tolist() == [2, 1]
+    # A scalar class as NumPy returns it (np.argmax) or as a 0-d tensor (labels[0]) applies to every image, like an int.
+    assert target_classes(logits, np.int64(2)).tolist() == [2, 2]
+    assert target_classes(logits, torch.tensor(1)).tolist() == [1, 1]
     assert target_classes(logits, lambda z: z[:, 0]) is None
     assert target_scores(logits, [0, 2]).tolist() == [0.0, 1.0]
     assert target_scores(logits, lambda z: z.sum(1)).tolist() == [3.0, 4.0]
@@ -32,6 +36,8 @@ def test_target_kinds() -> None:
     ([0.5, 1.0], TypeError, "integer class indices"),
     (1.0, TypeError, "targets must be None, an int"),
     (True, TypeError, "targets must be None, an int"),
+    (torch.tensor(0.5), TypeError, "integer class indices"),
+    (np.int64(7), ValueError, r"class indices in \[0, 3\), got \[7, 7\]"),
     ({"a": 1}, TypeError, "targets must be None"),
 ])
 def test_bad_targets(targets: object, error: type, match: str) -> None:

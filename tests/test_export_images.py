@@ -73,6 +73,23 @@ def test_large_and_single_pixel_images(tmp_path):
     np.testing.assert_array_equal(single, [[[1, 2, 3]]])
 
 
+def test_images_above_pils_bomb_limit_are_read_up_to_max_pixels(tmp_path, monkeypatch):
+    # Scaled down: PIL's limit set to 1,000 pixels stands in for its 179 M; a 100x100 image is then "too large" for PIL
+    # but not for visattn, which reads up to MAX_PIXELS and puts PIL's limit back afterwards.
+    import visattn.export.images as images
+
+    path = _save(tmp_path / "big.png", Image.new("L", (100, 100), 7))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(Image.DecompressionBombError), Image.open(path):
+        pass
+    assert load_image(path).shape == (100, 100, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    monkeypatch.setattr(images, "MAX_PIXELS", 5000)
+    with pytest.raises(OSError, match="big.png.*DecompressionBombError"):
+        load_image(path)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
 def test_corrupt_file_raises_oserror_naming_it(tmp_path):
     path = tmp_path / "corrupt.jpg"
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8).tobytes())
@@ -116,6 +133,24 @@ def test_glob_pattern_and_order_of_sources(tree):
 def test_duplicates_are_dropped_where_first_reached(tree):
     found = expand_image_sources([tree / "root" / "b.png", tree / "root", tree / "root" / "sub" / ".." / "b.png"])
     assert [p.name for p in found] == ["b.png", "a.JPG", "c.webp"]
+
+
+def test_other_photo_suffixes_are_found(tmp_path):
+    for name in ("a.jfif", "b.jpe", "c.ppm", "d.pgm"):
+        _save(tmp_path / name, Image.new("RGB", (2, 2)), format="JPEG" if name[-1] in "ef" else None)
+    found = expand_image_sources([tmp_path])
+    assert [p.name for p in found] == ["a.jfif", "b.jpe", "c.ppm", "d.pgm"]
+    assert all(load_image(p).shape == (2, 2, 3) for p in found)
+
+
+def test_broken_links_are_kept_to_be_reported_not_skipped(tree):
+    link = tree / "root" / "gone.png"
+    link.symlink_to(tree / "nowhere.png")
+    found = expand_image_sources([tree / "root"])
+    assert link in found  # a folder scan lists it ...
+    assert expand_image_sources([link]) == [link]  # ... and so does naming it
+    with pytest.raises(FileNotFoundError, match="gone.png.*broken symbolic link"):
+        load_image(link)
 
 
 def test_explicit_file_is_kept_whatever_its_extension(tree):

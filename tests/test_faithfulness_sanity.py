@@ -161,7 +161,7 @@ def test_reset_that_misses_parameters_is_completed():
     _reinitialize(conv, seed=1)
     assert not torch.equal(conv.weight_g, g) and not torch.equal(conv.weight_v, v)
     assert not torch.allclose(conv(x), before)
-    # A reset that writes every parameter is left as it is: Linear's bias keeps PyTorch's uniform init, not N(0, 0.02^2).
+    # A reset that writes every parameter is left as it is: Linear keeps PyTorch's uniform init, not N(0, 0.02^2).
     linear = nn.Linear(4, 3)
     _reinitialize(linear, seed=1)
     assert float(linear.weight.detach().abs().max()) > 0.1

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["eval_mode", "count_params", "count_flops", "model_device_dtype", "user_stacklevel"]
+__all__ = ["eval_mode", "count_params", "count_flops", "model_device_dtype", "user_stacklevel", "input_channels"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -64,3 +64,23 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     for p in model.parameters():
         return p.device, p.dtype
     return torch.device("cpu"), torch.float32
+
+
+def input_channels(model: nn.Module, *, guess: bool = False) -> int | None:
+    """Channels the model's stem convolution takes, from timm's ``pretrained_cfg['first_conv']``.
+
+    Without that entry (a torchvision or hand-written model) the stem is unknown: registration order says nothing
+    about execution order (a model may define its classifier conv first). Then ``None``, or with ``guess=True`` the
+    first registered ``nn.Conv2d``'s in-channels, for callers that only use the answer as a default.
+    """
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    for name in [names] if isinstance(names, str) else list(names or []):
+        try:
+            conv = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(conv, nn.Conv2d):
+            return conv.in_channels
+    if guess:
+        return next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..utils import model_device_dtype, user_stacklevel
+from ..utils import input_channels, model_device_dtype, user_stacklevel
 from .layers import LayerSpec, resolve_layers
 from .targets import Targets, target_classes, target_scores
 
@@ -63,14 +63,6 @@ def fuse_layer_maps(layer_maps: list[torch.Tensor], size: tuple[int, int]) -> to
                  for m in layer_maps]
     fused = torch.stack(upsampled).clamp_min(0).mean(0)
     return normalize_maps(fused)
-
-
-def _input_channels(model: nn.Module) -> int | None:
-    """In-channels of the model's first convolution, or None for a model without one."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return None
 
 
 class BaseCAM:
@@ -187,14 +179,16 @@ class BaseCAM:
         if images.ndim != 4 or not images.is_floating_point():
             raise ValueError(f"images must be a (B, C, H, W) float tensor (normalised model input), "
                              f"got shape {tuple(images.shape)} dtype {images.dtype}")
-        expected = _input_channels(self.model)
+        expected = input_channels(self.model)  # None for non-timm models: their own forward names the mismatch
         if expected is not None and images.shape[1] != expected:
-            raise ValueError(f"images have {images.shape[1]} channels but the model's first conv takes {expected}; "
+            raise ValueError(f"images have {images.shape[1]} channels but the model's stem conv takes {expected}; "
                              "convert greyscale / RGBA images to RGB first")
         peak = float(images.detach().abs().amax()) if images.numel() else 0.0
         if peak > 20:  # normalised inputs stay within a few units; 0-255 pixel values do not
-            raise ValueError(f"images reach |{peak:.0f}|: they look like raw 0-255 pixel values; normalise them as "
-                             "the model was trained (e.g. the training config's eval transform)")
+            # A warning, not an error: a model trained on raw pixels or with a tiny std is valid, only unusual.
+            warnings.warn(f"images reach |{peak:.0f}|: they look like raw 0-255 pixel values; unless the model was "
+                          "trained on such input, normalise them as it was trained (e.g. the training config's eval "
+                          "transform)", UserWarning, stacklevel=user_stacklevel())
         device, dtype = model_device_dtype(self.model)
         return images.detach().to(device=device, dtype=dtype)
 

@@ -8,7 +8,8 @@ import torch
 
 __all__ = ["Targets", "target_classes", "target_scores"]
 
-# None: the predicted class. int: one class for every image. A sequence / 1-D tensor: one class per image.
+# None: the predicted class. int (or a NumPy / 0-d tensor integer): one class for every image. A sequence / 1-D
+# tensor: one class per image.
 # A callable: maps logits (B, K) to scores (B,); it must score each row on its own (Score-CAM calls it on batches of
 # masked images).
 Targets = None | int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -38,6 +39,8 @@ def target_classes(logits: torch.Tensor, targets: Targets) -> torch.Tensor | Non
                             f"got {type(targets).__name__}") from err
         if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool:
             raise TypeError(f"targets must hold integer class indices, got dtype {classes.dtype}")
+        if classes.ndim == 0:  # np.int64 (what np.argmax returns) or a 0-d tensor: one class for all, like an int
+            classes = classes.expand(batch)
         if classes.shape != (batch,):
             raise ValueError(f"targets must give one class per image: expected shape ({batch},), "
                              f"got {tuple(classes.shape)}")

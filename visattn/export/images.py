@@ -8,30 +8,42 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..data.folder import IMAGE_EXTENSIONS as _TRAINING_EXTENSIONS
 from ..data.folder import read_rgb
 
-__all__ = ["IMAGE_EXTENSIONS", "expand_image_sources", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "expand_image_sources", "load_image"]
 
-# The training scanner's list plus .gif: a user pointing the overlay command at a folder may well have GIFs in it.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# The training scanner's list plus what else turns up in a folder of photos: GIFs, JPEG's other suffixes, netpbm, and
+# AVIF where this Pillow reads it.
+IMAGE_EXTENSIONS: tuple[str, ...] = (*_TRAINING_EXTENSIONS, ".gif", ".jpe", ".jfif", ".ppm", ".pgm", ".pbm", ".pnm",
+                                     *((".avif",) if ".avif" in Image.registered_extensions() else ()))
+
+# PIL refuses images above 2 x 89.5 M pixels as possible decompression bombs; a 200-megapixel phone photo is not one.
+# Images the user names are read up to 2**30 pixels (3 GiB as RGB), larger ones are reported as unreadable.
+MAX_PIXELS = 2**30
 
 # PIL reports "not an image" in several ways; DecompressionBombError (a huge image) subclasses plain Exception.
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    # Not is_file(): a broken link named like an image is an image the user cannot read, to report, not to skip.
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir()
 
 
 def _expand_one(source: str | Path) -> list[Path]:
     path = Path(source)
-    if path.is_file():  # an explicitly named file is taken whatever its extension: the user asked for it
+    if path.is_file() or (path.is_symlink() and not path.exists()):
+        # An explicitly named file is taken whatever its extension (the user asked for it); so is a broken link,
+        # which load_image then reports as unreadable.
         return [path]
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if _is_image_file(p))
@@ -95,7 +107,8 @@ def load_image(path: str | Path) -> np.ndarray:
     """Decode an image file to ``(H, W, 3)`` uint8 RGB.
 
     Greyscale, RGBA (alpha dropped), palette and 16-bit images are converted by ``visattn.data.folder.read_rgb``;
-    an animated image gives its first frame.
+    an animated image gives its first frame. Images of up to ``MAX_PIXELS`` pixels are read, above PIL's
+    decompression-bomb limit.
 
     Args:
         path: the image file.
@@ -105,16 +118,36 @@ def load_image(path: str | Path) -> np.ndarray:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        OSError: the file cannot be decoded as an image (corrupt, truncated, not an image, too large for PIL's
-            decompression-bomb limit); the message names the file and PIL's reason.
+        OSError: the file cannot be decoded as an image (corrupt, truncated, not an image, over ``MAX_PIXELS``);
+            the message names the file and PIL's reason.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise FileNotFoundError(f"image file {str(path)!r} does not exist{broken}")
     try:
-        image = read_rgb(path)
+        with _pixel_limit(MAX_PIXELS):
+            image = read_rgb(path)
     except _DECODE_ERRORS as err:
         raise OSError(f"cannot read image {str(path)!r}: {type(err).__name__}: {err}") from err
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:  # a mode read_rgb did not anticipate
         raise OSError(f"cannot read image {str(path)!r}: decoded to {image.dtype} {image.shape}, not (H, W, 3) uint8")
     return image
+
+
+@contextmanager
+def _pixel_limit(pixels: int) -> Iterator[None]:
+    """Let PIL open images of up to ``pixels`` pixels, without its DecompressionBombWarning, then restore its limit.
+
+    PIL keeps the limit in a module global and raises above twice its value; the overlay reads files one at a time,
+    so swapping it around one read is safe there.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    if previous is not None:  # None: the user switched PIL's guard off; leave it off
+        Image.MAX_IMAGE_PIXELS = max(previous, pixels // 2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous

@@ -23,7 +23,7 @@ from torchvision.models.resnet import BasicBlock as TvBasicBlock
 from torchvision.models.resnet import Bottleneck as TvBottleneck
 
 from ..blocks.registry import canonical_name, get_block
-from ..utils import count_flops, count_params, eval_mode, model_device_dtype
+from ..utils import count_flops, count_params, eval_mode, input_channels, model_device_dtype
 from .inject_report import InjectionReport, InjectionSite
 from .torchvision_blocks import AttnBasicBlock, AttnBottleneck, can_add_attention_slot, with_attention_slot
 from .weights import mark_injected
@@ -205,9 +205,9 @@ def inject(
     if input_size is None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         input_size = tuple(cfg.get("input_size") or (3, 224, 224))
-        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first_conv is not None:  # timm keeps the pretrained cfg's 3 channels for in_chans=1 models
-            input_size = (first_conv.in_channels, *input_size[1:])
+        channels = input_channels(model, guess=True)
+        if channels is not None:  # timm keeps the pretrained cfg's 3 channels for in_chans=1 models
+            input_size = (channels, *input_size[1:])
     input_size = tuple(input_size)
     if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
         raise ValueError(f"input_size must be (channels, height, width) of positive ints, got {input_size!r}")

@@ -1,0 +1,38 @@
+"""visattn.utils: the helpers other modules lean on."""
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import visattn
+from visattn.utils import input_channels
+
+
+class HeadFirst(nn.Module):
+    """Registers its classifier conv before the stem that runs first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(8, 4, 1)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x)).mean((2, 3))
+
+
+def test_input_channels_reads_timms_stem():
+    kw = dict(layers=[1, 1, 1, 1], channels=[8, 8, 8, 8])
+    assert input_channels(timm.create_model("resnet18", **kw)) == 3
+    grey = timm.create_model("resnet18", in_chans=1, **kw)
+    assert grey.pretrained_cfg["input_size"][0] == 3  # why the cfg's input_size cannot be trusted for channels
+    assert input_channels(grey) == 1
+    # inject probes with the stem's channels when no input_size is given.
+    with pytest.warns(UserWarning, match="added 1 se blocks"):
+        visattn.inject(grey, "se", stages=[4])
+
+
+def test_input_channels_does_not_guess_unless_asked():
+    assert input_channels(HeadFirst()) is None
+    assert input_channels(HeadFirst(), guess=True) == 8  # registration order: a guess, not an answer
+    assert input_channels(nn.Linear(3, 3), guess=True) is None
