@@ -158,6 +158,14 @@ def test_images_must_match_the_model_and_be_normalised() -> None:
     assert maps.shape == (1, 64, 64) and caught[0].filename == __file__
 
 
+def test_a_stage_skipped_by_grad_checkpointing_is_explained_in_the_error() -> None:
+    model = _model()
+    model.set_grad_checkpointing(True)
+    with pytest.raises(ValueError, match=r"'layer3' ran 0 times.*set_grad_checkpointing\(False\).*'layer3.0'"):
+        create_cam("gradcam", model, "layer3")(torch.randn(1, 3, 32, 32))
+    assert create_cam("gradcam", model, "layer3.0")(torch.randn(1, 3, 32, 32)).shape == (1, 32, 32)
+
+
 def test_stem_channels_come_from_the_stem_not_registration_order() -> None:
     maps = create_cam("gradcam", HeadFirst(), "features")(torch.randn(2, 3, 8, 8))
     assert maps.shape == (2, 8, 8)

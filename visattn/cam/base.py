@@ -206,8 +206,12 @@ class BaseCAM:
         for name, _ in self.layers:
             runs = self._runs.get(name, 0)
             if runs != 1:
+                hint = ""
+                if runs == 0 and any(getattr(m, "grad_checkpointing", False) is True for m in self.model.modules()):
+                    hint = ("; timm's gradient checkpointing runs a stage's blocks without calling the stage: call "
+                            f"model.set_grad_checkpointing(False) to explain, or target a block such as '{name}.0'")
                 raise ValueError(f"target layer {name!r} ran {runs} times in one forward pass; choose a module that "
-                                 "runs exactly once")
+                                 f"runs exactly once{hint}")
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise ValueError(f"the model must return logits of shape (B, K), got "
                              f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
