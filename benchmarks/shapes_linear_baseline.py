@@ -7,7 +7,7 @@ in a few seconds to a minute.
 
 Usage:
     python benchmarks/shapes_linear_baseline.py [--train-samples 10000] [--val-samples 2000] [--epochs 100]
-        [--seed 0] [--image-size 32] [--weight-decay 1e-3]
+        [--seed 0] [--image-size 32] [--weight-decay 1e-2]
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Differences from the paper:
 - The curve is sampled at ``steps`` evenly spaced fractions of the pixels (RISE removes 224 pixels per step, i.e. one
   point per 0.45 % at 224x224); the AUC is the trapezoid rule over the fraction in ``[0, 1]``.
 - The deletion baseline is a choice (``"zero"``, ``"blur"``, ``"mean"`` or a tensor). ``"zero"`` is zero in the
-  *normalised* input space, i.e. the dataset's mean colour, which is what RISE's "set to zero" means for a normalised
-  model input.
+  *normalised* input space, i.e. the normalisation's mean colour (``data.mean``; ImageNet's by default), which is
+  what RISE's "set to zero" means for a normalised model input.
 - The insertion baseline is a separable Gaussian blur with ``sigma=5`` px (RISE: an 11x11 kernel with sigma 5) and
   replicate padding, so small images work too.
 - Ties in saliency are broken by a stable sort: equally salient pixels are taken in row-major order, so a result never
@@ -252,8 +252,8 @@ def deletion(
         classes: ``(B,)`` target class per image.
         saliency: ``(B, H, W)`` maps, or an ``explain(images, classes)`` callable that returns them.
         steps: points on the curve, at fractions ``linspace(0, 1, steps)`` of the pixels.
-        baseline: ``"zero"`` (zero in normalised space: the dataset mean colour), ``"blur"`` (Gaussian blur of the
-            image), ``"mean"`` (each image's own mean colour), or a tensor broadcastable to ``images``.
+        baseline: ``"zero"`` (zero in normalised space: the normalisation's mean colour), ``"blur"`` (Gaussian blur
+            of the image), ``"mean"`` (each image's own mean colour), or a tensor broadcastable to ``images``.
         blur_sigma: Gaussian sigma in pixels for ``baseline="blur"``.
         batch_size: perturbed images per forward pass.
 

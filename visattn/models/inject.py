@@ -172,7 +172,8 @@ def inject(
 
     Raises:
         ValueError: bad arguments, a model with no supported blocks, or a block whose attention slot is taken.
-        TypeError: ``init='identity'`` with a block class that has no ``identity_init`` argument.
+        TypeError: non-int ``stages``, a misspelt inject argument (``stage=``), or ``init='identity'`` with a block
+            class that has no ``identity_init`` argument.
         RuntimeError: ``init='identity'`` but the outputs changed (a block that does not honour ``identity_init``).
 
     Example:

@@ -35,7 +35,8 @@ class InjectionReport:
         flops_before: forward FLOPs of the original model at ``input_size`` (torch's flop counter).
         flops_after: the same for the injected model.
         input_size: ``(C, H, W)`` of the probe.
-        max_abs_diff: largest |output change| on the probe, eval mode (0 for ``init='identity'``).
+        max_abs_diff: largest |output change| on the probe, eval mode (0 for the built-in blocks with
+            ``init='identity'``; inject refuses more than 1e-5 relative).
         new_keys: state_dict keys that a checkpoint of the original model does not have.
     """
 
