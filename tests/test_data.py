@@ -134,6 +134,16 @@ def test_corrupt_file_is_skipped_and_counted(tmp_path):
     assert skipped == 1 and images.shape == (6, 3, 16, 16) and labels.shape == (6,)
 
 
+def test_image_pil_refuses_as_too_large_is_skipped_not_fatal(tmp_path, monkeypatch):
+    # PIL raises DecompressionBombError (not an OSError) above twice its pixel limit: 179 M pixels by default, here
+    # lowered so that the folder's 50x40 images trip it.
+    _image_folder(tmp_path / "train", per_class=1)
+    bundle = build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "train"),
+                                       val_root=str(tmp_path / "train"), image_size=16))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert bundle.train[0] is None
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
 def test_read_rgb_any_mode(tmp_path, mode):
     arr = (np.arange(20 * 30).reshape(20, 30) % 251).astype(np.uint16 if mode == "I;16" else np.uint8)
@@ -162,8 +172,30 @@ def test_explicit_transform_list_and_errors():
         transforms_from_list([{"name": "HorizontalFlop"}])
     with pytest.raises(ValueError, match="must be a mapping with a 'name' key"):
         transforms_from_list(["HorizontalFlip"])
-    with pytest.raises(ValueError, match=r"transforms\[0\] \(RandomCrop\)"):
+    with pytest.raises(ValueError, match=r"transforms\[0\] \(RandomCrop\).*did you mean 'height' for 'heigth'"):
         transforms_from_list([{"name": "RandomCrop", "heigth": 3}])
+    # albumentations 2 would warn and drop arguments it no longer takes, giving its defaults: 1.x's CoarseDropout.
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['max_holes', 'max_height'\]"):
+        transforms_from_list([{"name": "CoarseDropout", "max_holes": 1, "max_height": 8}])
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['always_apply'\].*valid: \['p'\]"):
+        transforms_from_list([{"name": "HorizontalFlip", "always_apply": True}])
+
+
+@pytest.mark.parametrize("name", ["Normalize", "ToTensorV2"])
+def test_explicit_list_may_not_repeat_the_appended_steps(name):
+    cfg = DataConfig(image_size=32, train_transforms=[{"name": "HorizontalFlip"}, {"name": name}])
+    with pytest.raises(ValueError, match=rf"data.train_transforms\[1\]: {name} is appended to every pipeline"):
+        build_transform(cfg, train=True)
+
+
+@pytest.mark.parametrize(("size", "resized"), [(32, 36), (96, 109), (224, 256), (256, 292), (384, 438)])
+def test_imagenet_eval_resize_follows_timm(size, resized):
+    from timm.data.transforms_factory import transforms_imagenet_eval
+
+    expected = transforms_imagenet_eval(img_size=size, crop_pct=0.875).transforms[0].size
+    assert expected == resized  # timm: floor(size / crop_pct)
+    cfg = DataConfig(image_size=size, augment="imagenet")
+    assert build_transform(cfg, train=False).transforms[0].max_size == resized
 
 
 def _saved(tmp_path, image: Image.Image, suffix: str) -> str:

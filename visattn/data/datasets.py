@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..training.config import DataConfig
 from .cifar import load_cifar
-from .folder import ImageFileDataset, read_rgb, scan_image_folder, scan_tiny_imagenet_val
+from .folder import DECODE_ERRORS, ImageFileDataset, read_rgb, scan_image_folder, scan_tiny_imagenet_val
 from .synthetic import ShapesDataset
 from .transforms import build_transform
 
@@ -52,7 +52,7 @@ def raw_images(dataset: Dataset, count: int) -> list[tuple[str, np.ndarray]]:
         for path, _ in dataset.samples[:count]:
             try:
                 images.append((path, read_rgb(path)))
-            except (OSError, ValueError) as err:  # an unreadable file is skipped, as in training
+            except DECODE_ERRORS as err:  # an unreadable file is skipped, as in training
                 warnings.warn(f"skipped unreadable image {path}: {err}", UserWarning, stacklevel=2)
         return images
     raise TypeError(f"cannot read raw images from {type(dataset).__name__}")

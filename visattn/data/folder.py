@@ -17,10 +17,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "scan_image_folder", "scan_tiny_imagenet_val", "collate_skipping",
-           "read_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "DECODE_ERRORS", "ImageFileDataset", "scan_image_folder", "scan_tiny_imagenet_val",
+           "collate_skipping", "read_rgb"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# PIL's ways of saying "not an image". DecompressionBombError (a header claiming over 179 M pixels: a huge panorama or
+# a corrupt size field) subclasses plain Exception, so it needs naming.
+DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                                              Image.DecompressionBombError)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -46,7 +51,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
         The ``(H, W, 3)`` uint8 array.
 
     Raises:
-        OSError, UnidentifiedImageError, ValueError: PIL cannot read or convert the file.
+        DECODE_ERRORS: PIL cannot read or convert the file (or finds it too large).
     """
     with Image.open(path) as img:
         if img.mode.startswith("I;16") or img.mode == "I":
@@ -155,7 +160,7 @@ class ImageFileDataset(Dataset):
         path, label = self.samples[index]
         try:
             image = read_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):  # PIL's ways of saying "not an image"
+        except DECODE_ERRORS:
             return None
         if self.transform is not None:
             image = self.transform(image=image)["image"]

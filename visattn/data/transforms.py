@@ -8,6 +8,8 @@ The eval pipeline of a preset is what overlays and evaluation reuse, so preproce
 from __future__ import annotations
 
 import difflib
+import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,13 +21,16 @@ from ..training.config import DataConfig
 
 __all__ = ["build_transform", "eval_geometry", "normalize_to_tensor", "transforms_from_list"]
 
+_APPENDED = ("Normalize", "ToTensorV2", "ToTensor", "ToFloat")
+
 
 def transforms_from_list(specs: Sequence[dict[str, Any]], arg: str = "transforms") -> list[A.BasicTransform]:
     """Build ``[{'name': 'HorizontalFlip', 'p': 0.5}, ...]`` into albumentations transforms.
 
     Raises:
-        ValueError: an entry without ``name``, an unknown transform name (with the closest valid one), or arguments
-            the transform rejects.
+        ValueError: an entry without ``name``, an unknown transform name (with the closest valid one), an argument
+            the transform does not take (albumentations 2 would only warn and drop it, e.g. 1.x's ``max_holes`` or
+            ``always_apply``), or a value the transform rejects.
     """
     out = []
     for i, spec in enumerate(specs):
@@ -41,6 +46,15 @@ def transforms_from_list(specs: Sequence[dict[str, Any]], arg: str = "transforms
             close = difflib.get_close_matches(str(name), valid, n=1)
             raise ValueError(f"{arg}[{i}]: {name!r} is not an albumentations transform"
                              + (f"; did you mean {close[0]!r}?" if close else ""))
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            valid = [n for n in params if n != "self"]
+            unknown = [k for k in kwargs if k not in valid]
+            if unknown:
+                close = {k: m[0] for k in unknown if (m := difflib.get_close_matches(str(k), valid, n=1))}
+                hint = "".join(f"; did you mean {m!r} for {k!r}?" for k, m in close.items())
+                raise ValueError(f"{arg}[{i}] ({name}): unknown argument(s) {unknown}{hint}; valid: {valid} "
+                                 f"(albumentations {A.__version__})")
         try:
             out.append(cls(**kwargs))
         except (TypeError, ValueError) as err:
@@ -54,7 +68,8 @@ def _preset(cfg: DataConfig, train: bool, native_size: int | None) -> list[A.Bas
         if train:
             return [A.RandomResizedCrop(size=(s, s)), A.HorizontalFlip(),
                     A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=0.8)]
-        return [A.SmallestMaxSize(max_size=round(s / 0.875)), A.CenterCrop(s, s)]  # timm's crop_pct 0.875
+        # timm's eval resize for crop_pct 0.875: floor(size / crop_pct), then a centre crop
+        return [A.SmallestMaxSize(max_size=math.floor(s / 0.875)), A.CenterCrop(s, s)]
     resize = [] if native_size == s else [A.Resize(s, s, interpolation=cv2.INTER_AREA)]
     if cfg.augment == "none" or not train:
         return resize
@@ -102,6 +117,12 @@ def _normalize_steps(cfg: DataConfig) -> list[A.BasicTransform]:
 
 def _geometry_steps(cfg: DataConfig, train: bool, native_size: int | None) -> list[A.BasicTransform]:
     explicit = cfg.train_transforms if train else cfg.eval_transforms
+    arg = "data.train_transforms" if train else "data.eval_transforms"
     if explicit is not None:
-        return transforms_from_list(explicit, "data.train_transforms" if train else "data.eval_transforms")
+        for i, spec in enumerate(explicit):
+            # Normalising twice, or a tensor before the appended Normalize, fails only at the first sample.
+            if isinstance(spec, dict) and spec.get("name") in _APPENDED:
+                raise ValueError(f"{arg}[{i}]: {spec['name']} is appended to every pipeline already (Normalize with "
+                                 f"data.mean / data.std, then ToTensorV2); leave it out of the list")
+        return transforms_from_list(explicit, arg)
     return _preset(cfg, train, native_size)

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..data.folder import DECODE_ERRORS, read_rgb
 from ..data.folder import IMAGE_EXTENSIONS as _TRAINING_EXTENSIONS
-from ..data.folder import read_rgb
 
 __all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "expand_image_sources", "load_image"]
 
@@ -30,8 +30,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (*_TRAINING_EXTENSIONS, ".gif", ".jpe", ".jf
 # Images the user names are read up to 2**30 pixels (3 GiB as RGB), larger ones are reported as unreadable.
 MAX_PIXELS = 2**30
 
-# PIL reports "not an image" in several ways; DecompressionBombError (a huge image) subclasses plain Exception.
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _is_image_file(path: Path) -> bool:
@@ -128,7 +126,7 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         with _pixel_limit(MAX_PIXELS):
             image = read_rgb(path)
-    except _DECODE_ERRORS as err:
+    except DECODE_ERRORS as err:
         raise OSError(f"cannot read image {str(path)!r}: {type(err).__name__}: {err}") from err
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:  # a mode read_rgb did not anticipate
         raise OSError(f"cannot read image {str(path)!r}: decoded to {image.dtype} {image.shape}, not (H, W, 3) uint8")
