@@ -36,7 +36,16 @@ def test_block_variants_differ_only_in_model():
 @pytest.mark.parametrize(("override", "match"), [
     ("optim.lr_rate=0.1", "did you mean 'optim.lr'"),
     ("optim.lr=fast", "optim.lr must be float"),
-    ("optim.lr=-1", "lr must be > 0"),
+    ("optim.lr=-1", "lr must be a finite number > 0"),
+    # NaN fails every range check: it would reach the optimiser or int(NaN) mid-run.
+    ("optim.lr=.nan", "lr must be a finite number > 0, got nan"),
+    ("optim.grad_clip=.nan", "grad_clip must be > 0"),
+    ("optim.momentum=.nan", "momentum must be >= 0, got nan"),
+    ("optim.warmup_epochs=.nan", "warmup_epochs must be >= 0, got nan"),
+    ("optim.betas=[0.9, 1.5]", r"betas must each be in \[0, 1\)"),
+    ("data.std=[0.2, 0, 0.2]", "std finite and > 0"),
+    ("data.classes=[a, b, a]", r"classes lists \['a'\] more than once"),
+    ("loop.epochs=1:30", "loop.epochs must be int, got str '1:30'"),  # YAML 1.1 would read 90 (base 60)
     ("data.name=cifar", "data.name must be one of"),
     ("loop.epochs=0", "epochs must be >= 1"),
     ("model.inject={block: se, stage: [3]}", "did you mean 'model.inject.stages'"),

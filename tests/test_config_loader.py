@@ -182,6 +182,12 @@ def test_overrides_apply_after_file(tmp_path):
     assert load_config(Cfg, path, ["model.inject=null"]).model.inject is None
 
 
+def test_yaml_1_2_integers():
+    # PyYAML's YAML 1.1 reads '010' as 8 (octal) and '1:30' as 90 (base 60); a person means ten and a typo.
+    assert parse_overrides(["a=010", "b=0o17", "c=0x1F", "d=-7", "e=1_000", "f=1:30", "g=1e-3"]) == {
+        "a": 10, "b": 15, "c": 31, "d": -7, "e": 1000, "f": "1:30", "g": 0.001}
+
+
 @pytest.mark.parametrize(
     ("overrides", "error", "match"),
     [
@@ -198,7 +204,7 @@ def test_bad_overrides(overrides, error, match):
 
 
 @pytest.mark.parametrize("value", ["1e-3", "yes", "null", "", "a=b", "[1, 2]", "x\ny", " pad ", "a\x85b", "é\u2028",
-                                   0.1, 1e-300, -3, True, None, [1, "2", None], {"a": [1.5]}])
+                                   "010", "0o7", "1:30", 0.1, 1e-300, -3, True, None, [1, "2", None], {"a": [1.5]}])
 def test_format_override_reads_back(value):
     assert parse_overrides([format_override("a.b", value)]) == {"a": {"b": value}}
 

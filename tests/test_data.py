@@ -14,7 +14,7 @@ from visattn.data.transforms import build_transform, transforms_from_list
 from visattn.training.config import DataConfig
 
 
-def _fake_cifar(root, name="cifar10", n_per_batch=6):
+def _fake_cifar(root, name="cifar10", n_per_batch=6, protocol=pickle.DEFAULT_PROTOCOL):
     rng = np.random.default_rng(0)
     if name == "cifar10":
         folder, train_files, test_files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], \
@@ -28,8 +28,8 @@ def _fake_cifar(root, name="cifar10", n_per_batch=6):
     for f in train_files + test_files:
         batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
                  label_key: list(rng.integers(0, 10, n_per_batch))}
-        (folder / f).write_bytes(pickle.dumps(batch))
-    (folder / meta_file).write_bytes(pickle.dumps(meta))
+        (folder / f).write_bytes(pickle.dumps(batch, protocol=protocol))
+    (folder / meta_file).write_bytes(pickle.dumps(meta, protocol=protocol))
     return folder
 
 
@@ -42,6 +42,13 @@ def test_cifar_pickle_layout(tmp_path, name):
     bundle = build_datasets(DataConfig(name=name, root=str(tmp_path), num_train=4))
     image, label = bundle.train[0]
     assert len(bundle.train) == 4 and image.shape == (3, 32, 32) and image.dtype == torch.float32
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_copies_repacked_with_any_protocol_load(tmp_path, protocol):
+    _fake_cifar(tmp_path, protocol=protocol)
+    images, labels, _ = load_cifar("cifar10", tmp_path, "test")
+    assert images.shape == (6, 32, 32, 3) and len(labels) == 6
 
 
 def test_cifar_channel_order_matches_the_format(tmp_path):
@@ -122,6 +129,21 @@ def test_tiny_imagenet_val_layout(tmp_path):
     bundle = build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "train"), val_root=str(val),
                                        image_size=32))
     assert sorted(bundle.val.targets) == [0, 1, 1]
+
+
+def test_tiny_imagenet_val_resorted_into_class_folders_or_missing(tmp_path):
+    _image_folder(tmp_path / "train", classes=("n01", "n02"))
+    val = tmp_path / "val"
+    _image_folder(val, classes=("n01", "n02"), per_class=2)  # val/<wnid>/ folders ...
+    (val / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t63\t63\n")  # ... and the old annotations
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path / "train"), val_root=str(val), image_size=32)
+    assert sorted(build_datasets(cfg).val.targets) == [0, 0, 1, 1]  # the folders hold the images
+    (val / "images").mkdir()  # the Tiny layout, but its images are gone: an error, not an empty validation set
+    with pytest.raises(FileNotFoundError, match=r"none of the 1 images that .*val_annotations.txt lists is in"):
+        build_datasets(cfg)
+    (val / "val_annotations.txt").write_text("val_0.JPEG\tn99\t0\t0\t63\t63\n")
+    with pytest.raises(ValueError, match="lists no image of data.root's classes"):
+        build_datasets(cfg)
 
 
 def test_corrupt_file_is_skipped_and_counted(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from visattn.training import loop as loop_module
 from visattn.training import run as run_module
 from visattn.training.config import load_train_config
-from visattn.training.loop import TrainingDiverged
+from visattn.training.loop import TrainingDiverged, evaluate
 from visattn.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,3 +205,34 @@ def test_bare_resume_never_picks_another_configs_numbered_folder(tmp_path):
     first, second = (train(nested, config_path="x.yaml") for _ in range(2))
     assert (first.run_dir.name, second.run_dir.name) == ("exp", "exp-1")
     assert run_module._run_dir(nested, "x.yaml", resume=True) == second.run_dir
+
+
+def test_evaluation_of_no_image_is_an_error_not_zero_accuracy():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    unreadable = [(torch.empty(0), torch.empty(0, dtype=torch.long), 2)]  # collate_skipping's batch of 2 bad files
+    with pytest.raises(RuntimeError, match=r"no image was evaluated \(all 2 were unreadable\)"):
+        evaluate(model, unreadable, device=torch.device("cpu"), progress=False)
+    with pytest.raises(RuntimeError, match="the validation set is empty"):
+        evaluate(model, [], device=torch.device("cpu"), progress=False)
+    one = [(torch.zeros(1, 3, 2, 2), torch.tensor([0]), 0)]
+    assert evaluate(model, one, device=torch.device("cpu"), progress=False).images == 1
+
+
+def test_unreadable_files_are_counted_once_across_epochs_and_resume(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (60 * i, 100 if c == "a" else 0, 0)).save(root / c / f"{i}.png")
+    (root / "a" / "broken.png").write_bytes(b"not a png")
+    data = ["data.name=imagefolder", f"data.root={root}", f"data.val_root={root}", "data.image_size=16",
+            "data.num_workers=0", "data.batch_size=3"]  # 9 files: no partial batch to drop
+    with pytest.warns(UserWarning, match="2 unreadable images were skipped in every epoch"):
+        first = train(_cfg(tmp_path, *data, "loop.epochs=2"), config_path="skip.yaml")
+    records = _metrics(first.run_dir)
+    assert [r["train_skipped"] for r in records] == [1, 1] and records[-1]["val_skipped"] == 1
+    with pytest.warns(UserWarning, match="2 unreadable images"):
+        resumed = train(_cfg(tmp_path, *data, "loop.epochs=3"), config_path="skip.yaml", resume=True)
+    assert json.loads((resumed.run_dir / "summary.json").read_text())["skipped_images"] == 2

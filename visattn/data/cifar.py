@@ -31,6 +31,11 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
     ("builtins", "list"),
+    # Re-packed copies: protocol 5 stores arrays through _frombuffer, protocol 2 from Python 3 stores bytes through
+    # _codecs.encode. Both only build data (torch's weights_only unpickler allows them too).
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
 }
 
 

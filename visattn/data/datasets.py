@@ -115,8 +115,16 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
         raise ValueError("data.val_root must name the validation folder for data.name='imagefolder'")
     val_root = Path(cfg.val_root).expanduser()
     train_samples, classes = scan_image_folder(root, cfg.classes, cfg.max_per_class)
-    if (val_root / "val_annotations.txt").is_file():  # Tiny-ImageNet-200 validation layout
+    # Tiny-ImageNet-200's validation layout: images/ plus val_annotations.txt. A copy re-sorted into class folders
+    # often keeps the annotations file; then the folders are what holds the images.
+    if (val_root / "val_annotations.txt").is_file() and (val_root / "images").is_dir():
         val_samples = scan_tiny_imagenet_val(val_root, classes)
+        if not val_samples:
+            raise ValueError(f"{val_root / 'val_annotations.txt'} lists no image of data.root's classes "
+                             f"{classes[:5]}{'...' if len(classes) > 5 else ''}")
+        if not any(Path(path).is_file() for path, _ in val_samples):
+            raise FileNotFoundError(f"none of the {len(val_samples)} images that {val_root / 'val_annotations.txt'}"
+                                    f" lists is in {val_root / 'images'}")
     else:
         missing = [c for c in classes if not (val_root / c).is_dir()]
         if missing:  # checked here: scan_image_folder would blame data.classes, which the user may not have set

@@ -7,6 +7,7 @@ has a default, so a YAML file only states what differs; ``load_train_config`` re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check_at_least(section: object, minimum: int | float, *names: str) -> None:
-    """Raise ValueError naming the first field in ``names`` that is set (not None) and below ``minimum``."""
+    """Raise ValueError naming the first field in ``names`` that is set (not None) and below ``minimum`` or NaN."""
     for name in names:
         value = getattr(section, name)
-        if value is not None and value < minimum:
+        if value is not None and not value >= minimum:  # `not >=`: NaN fails too
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
@@ -72,6 +73,12 @@ class DataConfig:
         _check_at_least(self, 0, "num_workers")
         if isinstance(self.classes, int) and not isinstance(self.classes, bool) and self.classes < 1:
             raise ValueError(f"classes must be >= 1 when it counts the first N classes, got {self.classes}")
+        if isinstance(self.classes, list):
+            repeated = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if repeated:  # each would become two labels for the same images
+                raise ValueError(f"classes lists {repeated} more than once")
+        if not all(math.isfinite(m) for m in self.mean) or not all(s > 0 and math.isfinite(s) for s in self.std):
+            raise ValueError(f"mean must be finite and std finite and > 0, got mean={self.mean}, std={self.std}")
 
 
 @dataclass
@@ -115,13 +122,16 @@ class OptimConfig:
     grad_clip: float | None = None  # max global grad norm
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        # Comparisons written so that NaN fails them: `lr=.nan` must not reach the optimiser.
+        if not self.lr > 0 or math.isinf(self.lr):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must each be in [0, 1), got {self.betas}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 (or null for none), got {self.grad_clip}")
         _check_at_least(self, 0, "momentum", "weight_decay", "warmup_epochs")
 

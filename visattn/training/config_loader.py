@@ -48,6 +48,7 @@ T = TypeVar("T")
 # YAML 1.2 floats without a dot ('1e-3', '2E+5') or with an unsigned exponent ('1.0e3'); PyYAML reads them as str.
 _FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 _FLOAT_FIRST = list("-+0123456789.")
+_INT_RE = re.compile(r"^(?:[-+]?[0-9](?:_?[0-9])*|0o[0-7]+|0x[0-9a-fA-F]+)$")
 
 
 class _Loader(yaml.SafeLoader):
@@ -76,8 +77,22 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(str, _Dumper.represent_str)
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    return int(text, 16 if text.startswith("0x") else 10)  # '010' is ten, as YAML 1.2 and a person read it
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 for _cls in (_Loader, _Dumper):
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, _FLOAT_FIRST)
+    # YAML 1.2 ints instead of PyYAML's 1.1 rules, which read 'seed=010' as 8 (octal) and 'epochs=1:30' as 90
+    # (base 60). The dumper shares the rule, so a string such as '010' is written quoted and reads back as a string.
+    _cls.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+        for first, resolvers in _cls.yaml_implicit_resolvers.items()}
+    _cls.add_implicit_resolver("tag:yaml.org,2002:int", _INT_RE, list("-+0123456789"))
 
 
 def _yaml_load(text: str) -> Any:

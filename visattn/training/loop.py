@@ -205,4 +205,7 @@ def evaluate(
         count += labels.numel()
     stats = _reduce([loss_sum, correct, count, skipped], info, time.perf_counter() - start, device)
     _check_corrupt(stats.skipped, on_corrupt)
+    if stats.images == 0:  # an accuracy of 0 % here would read as a result; every rank sees the same reduced count
+        raise RuntimeError(f"{desc}: no image was evaluated (" + (
+            f"all {stats.skipped} were unreadable" if stats.skipped else "the validation set is empty") + ")")
     return stats

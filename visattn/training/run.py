@@ -255,7 +255,6 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     # loop
     started = time.perf_counter()
     earlier_seconds = float(history[-1].get("seconds", 0.0)) if history else 0.0  # a resumed run's time so far
-    total_skipped = 0
     last_acc = next((r["val_acc"] for r in reversed(history) if "val_acc" in r), float("nan"))
     try:
         for epoch in range(start_epoch, cfg.loop.epochs):
@@ -269,13 +268,12 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
                 progress=cfg.loop.progress, on_corrupt=cfg.data.on_corrupt)
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                                       "train_loss": train_stats.loss, "train_acc": train_stats.accuracy,
-                                      "train_img_s": train_stats.images_per_second}
-            total_skipped += train_stats.skipped
+                                      "train_img_s": train_stats.images_per_second,
+                                      "train_skipped": train_stats.skipped}
             last_epoch = epoch + 1 == cfg.loop.epochs
             if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
                 val = _evaluate(model, data.val, cfg, info, device)
-                record.update(val_loss=val.loss, val_acc=val.accuracy)
-                total_skipped += val.skipped
+                record.update(val_loss=val.loss, val_acc=val.accuracy, val_skipped=val.skipped)
                 last_acc = val.accuracy
                 if ema is not None:
                     ema_val = _evaluate(ema.module, data.val, cfg, info, device)
@@ -302,7 +300,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
 
     seconds = earlier_seconds + time.perf_counter() - started
     if info.is_main:
-        _finish(run_dir, cfg, history, model, best_acc, last_acc, seconds, total_skipped)
+        _finish(run_dir, cfg, history, model, best_acc, last_acc, seconds, _unreadable_files(history))
         if cfg.eval.overlays > 0 and (run_dir / "best.safetensors").is_file():
             _write_overlays(run_dir, cfg, data.val)
     return RunResult(run_dir, best_acc, last_acc, len(history), seconds)
@@ -363,6 +361,13 @@ def _report_epoch(record: dict[str, Any], epochs: int, writer: Any) -> None:
                 writer.add_scalar(key, value, record["epoch"])
 
 
+def _unreadable_files(history: list[dict[str, Any]]) -> int:
+    """Unreadable images of the whole run, resumed parts included: each epoch reads every file once (but for a
+    partial batch drop_last leaves out), so the most any epoch skipped in each split counts the files, not the reads."""
+    return (max((int(r.get("train_skipped", 0)) for r in history), default=0)
+            + max((int(r.get("val_skipped", 0)) for r in history), default=0))
+
+
 def _finish(run_dir: Path, cfg: TrainConfig, history: list[dict[str, Any]], model: torch.nn.Module,
             best_acc: float, last_acc: float, seconds: float, skipped: int) -> None:
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}")
@@ -372,7 +377,8 @@ def _finish(run_dir: Path, cfg: TrainConfig, history: list[dict[str, Any]], mode
                "train_seconds": seconds, "skipped_images": skipped}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if skipped:
-        warnings.warn(f"{skipped} unreadable images were skipped (data.on_corrupt='skip')", UserWarning, stacklevel=2)
+        warnings.warn(f"{skipped} unreadable images were skipped in every epoch (data.on_corrupt='skip'); the "
+                      f"epochs' train_skipped / val_skipped in metrics.jsonl say when", UserWarning, stacklevel=2)
     print(summary_table([
         ("model", f"{cfg.model.name} ({summary['params'] / 1e6:.2f}M params)"),
         ("data", f"{cfg.data.name}, {len(history)} epochs"),
