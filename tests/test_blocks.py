@@ -43,6 +43,19 @@ def test_empty_batch_runs_forward_and_backward(name):
 
 
 @pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_compiles_without_graph_breaks_and_matches_eager(name):
+    # fullgraph=True fails on any graph break (a generator in math.prod once broke every gated block's graph).
+    torch.manual_seed(0)
+    block = visattn.create_block(name, 16).train()
+    x = torch.randn(2, 16, 6, 5, requires_grad=True)
+    expected = block(x)
+    expected_grad = torch.autograd.grad(expected.square().sum(), x)[0]
+    out = torch.compile(block, backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(torch.autograd.grad(out.square().sum(), x)[0], expected_grad)
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
 def test_default_block_is_not_identity_after_training_moves_it(name):
     # Guards against a block whose forward ignores its own parameters.
     block = randomize_parameters(visattn.create_block(name, 16)).eval()

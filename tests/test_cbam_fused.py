@@ -110,6 +110,23 @@ def test_fused_backward_twice_and_with_frozen_gates() -> None:
     torch.testing.assert_close(first[0], xb.grad)
 
 
+def test_fused_differentiates_the_parameters_functional_call_passed() -> None:
+    # torch.func.functional_call swaps the parameters in only for the forward call: backward must still give the
+    # gradients of the tensors that were passed, not of the module's own.
+    torch.manual_seed(0)
+    block = CBAM(8, rd_channels=4).double().train()
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    grads = []
+    for fused_min_numel in (0, 10**9):  # fused, then composed
+        block.fused_min_numel = fused_min_numel
+        params = {n: (p.detach() * 1.5).requires_grad_() for n, p in block.named_parameters()}
+        out = torch.func.functional_call(block, params, (x,))
+        grads.append(torch.autograd.grad(out.square().sum(), list(params.values())))
+        assert all(p.grad is None for p in block.parameters())
+    for fused, composed in zip(*grads, strict=True):
+        torch.testing.assert_close(fused, composed)
+
+
 def test_compiled_cbam_trains_through_the_composed_path() -> None:
     # The fused node's backward differentiates graphs kept from forward (retain_graph=True), which AOTAutograd's
     # compiled graphs refuse; under torch.compile the block must fall back to the composed modules.

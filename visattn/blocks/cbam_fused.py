@@ -65,13 +65,16 @@ def _small_graph(gate: Callable[[CBAM, torch.Tensor], torch.Tensor], block: CBAM
         return leaf, gate(block, leaf)
 
 
-def _small_graph_grads(leaf: torch.Tensor, output: torch.Tensor, module: nn.Module,
-                       grad_output: torch.Tensor) -> tuple[torch.Tensor, dict[nn.Parameter, torch.Tensor]]:
-    """Gradients of a :func:`_small_graph` w.r.t. its leaf and ``module``'s trainable parameters."""
-    params = [p for p in module.parameters() if p.requires_grad]
+def _small_graph_grads(leaf: torch.Tensor, output: torch.Tensor, params: list[torch.Tensor],
+                       grad_output: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Gradients of a :func:`_small_graph` w.r.t. its leaf and ``params``, the latter keyed by ``id``."""
     # retain_graph: a caller's backward(retain_graph=True) may run this node's backward again.
     grads = torch.autograd.grad(output, [leaf, *params], grad_output, retain_graph=True)
-    return grads[0], dict(zip(params, grads[1:], strict=True))
+    return grads[0], {id(p): g for p, g in zip(params, grads[1:], strict=True)}
+
+
+def _trainable(module: nn.Module) -> list[torch.Tensor]:
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def _positions_first(t: torch.Tensor) -> bool:
@@ -132,7 +135,10 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         desc_leaf, spatial_graph = _small_graph(_spatial_gate, block, descriptors)  # BatchNorm counts this batch once
         spatial = spatial_graph.detach()  # (B, 1, H, W)
         out.mul_(spatial)
-        ctx.block = block
+        # The parameters as they are now: torch.func.functional_call swaps a module's parameters only for the
+        # duration of the forward call, and backward must differentiate the tensors the small graphs used.
+        ctx.params = params
+        ctx.gate_params = (_trainable(block.channel), _trainable(block.spatial))
         ctx.graphs = (pooled_leaf, channel_graph, desc_leaf, spatial_graph)
         ctx.save_for_backward(x, channel, spatial, spatial_index, channel_index)
         return out
@@ -142,7 +148,6 @@ class _ChannelFirstCBAM(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, channel, spatial, spatial_index, channel_index = ctx.saved_tensors
         pooled_leaf, channel_graph, desc_leaf, spatial_graph = ctx.graphs
-        block: CBAM = ctx.block
         b, c, h, w = x.shape
 
         # One full-size buffer, grad_out * x, feeds both gates' gradients, so x * M_c is never rebuilt:
@@ -153,7 +158,8 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         grad_channel = _sum_positions(buffer, spatial)
         buffer.mul_(channel[:, :, None, None])
         grad_spatial = buffer.sum(1, keepdim=True)  # a reduction over C: cheaper than a batched mat-vec here
-        grad_desc, spatial_grads = _small_graph_grads(desc_leaf, spatial_graph, block.spatial, grad_spatial)
+        channel_params, spatial_params = ctx.gate_params
+        grad_desc, spatial_grads = _small_graph_grads(desc_leaf, spatial_graph, spatial_params, grad_spatial)
         grad_mean = grad_desc[:, :1] * (1.0 / c)  # (B, 1, H, W): the channel mean's share, the same for every c
         grad_peak = grad_desc[:, 1:]  # (B, 1, H, W): to the arg-max channel of each position
 
@@ -161,7 +167,7 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         grad_channel += _sum_positions(x, grad_mean)
         peak_x = x.gather(1, channel_index)  # x at each position's arg-max channel
         grad_channel.scatter_add_(1, channel_index.reshape(b, h * w), (peak_x * grad_peak).reshape(b, h * w))
-        grad_pooled, channel_grads = _small_graph_grads(pooled_leaf, channel_graph, block.channel, grad_channel)
+        grad_pooled, channel_grads = _small_graph_grads(pooled_leaf, channel_graph, channel_params, grad_channel)
 
         # dL/dx = dL/dx1 * M_c + the channel gate's pooling terms, written into the buffer in place.
         grad_x = torch.mul(grad_out, spatial, out=buffer)
@@ -172,7 +178,7 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         _add_at_positions(grad_x, spatial_index, grad_pooled[:, 1])
 
         by_param = {**channel_grads, **spatial_grads}
-        return (grad_x, None, *(by_param.get(p) for p in block.parameters()))
+        return (grad_x, None, *(by_param.get(id(p)) for p in ctx.params))
 
 
 def fused_channel_first_cbam(block: CBAM, x: torch.Tensor) -> torch.Tensor:

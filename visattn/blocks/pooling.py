@@ -27,7 +27,7 @@ def accumulated_mean(x: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool 
     ``sum() * (1/N)`` rather than ``mean()``: its backward is an expanded view, not a division over all of ``x``.
     """
     dims = (dim,) if isinstance(dim, int) else dim
-    n = math.prod(x.shape[d] for d in dims)
+    n = math.prod([x.shape[d] for d in dims])  # a list, not a generator: torch.compile traces it without a break
     return (x.sum(dims, keepdim=keepdim, dtype=torch.promote_types(x.dtype, torch.float32)) * (1.0 / n)).to(x.dtype)
 
 
