@@ -52,8 +52,10 @@ def test_spatial_attention_equals_paper_equation_without_norm():
 
 @pytest.mark.parametrize("k", [0, 4, -1, 2.0])
 def test_spatial_kernel_must_be_odd(k):
-    with pytest.raises(ValueError, match="kernel_size must be a positive odd int"):
+    with pytest.raises(ValueError, match="^kernel_size must be a positive odd int"):
         SpatialAttention(8, kernel_size=k)
+    with pytest.raises(ValueError, match="^spatial_kernel_size must be a positive odd int"):  # CBAM's own name
+        CBAM(8, spatial_kernel_size=k)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])

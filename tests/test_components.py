@@ -26,6 +26,14 @@ def test_resolve_wrong_type():
         resolve_norm(3)
 
 
+def test_resolve_refuses_layer_instances():
+    # An instance is callable, but calling it with the block's arguments runs its forward: refuse it up front.
+    with pytest.raises(TypeError, match=r"act_layer must be .* not an instance: pass ReLU"):
+        resolve_act(nn.ReLU(inplace=True))
+    with pytest.raises(TypeError, match="norm_layer must be .* not an instance: pass BatchNorm2d"):
+        resolve_norm(nn.BatchNorm2d(4))
+
+
 def test_resolve_norm_none():
     assert resolve_norm(None) is None
     assert resolve_norm("batchnorm") is nn.BatchNorm2d

@@ -113,6 +113,7 @@ def test_new_blocks_follow_model_device_dtype_and_mode():
     (dict(stages=[5]), ValueError, r"lacks.*valid: \[1, 2, 3, 4\]"),
     (dict(stages=4), TypeError, "sequence of ints"),
     (dict(blocks="first"), ValueError, "'all', 'last' or a list"),
+    (dict(blocks=1), ValueError, r"blocks must be 'all', 'last' or a list of block indices, got 1"),
     (dict(blocks=[2]), ValueError, "out of range for layer1, which has 2 blocks"),
     (dict(init="zeros"), ValueError, "init must be 'identity' or 'default'"),
     (dict(input_size=(32, 32)), ValueError, "input_size must be"),
@@ -120,6 +121,22 @@ def test_new_blocks_follow_model_device_dtype_and_mode():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         visattn.inject(timm.create_model("resnet18"), "se", **kwargs)
+
+
+def test_a_block_instance_is_refused_naming_its_class():
+    with pytest.raises(TypeError, match=r"got the instance SqueezeExcite\(\.\.\.\); pass SqueezeExcite instead"):
+        visattn.inject(timm.create_model("resnet18"), visattn.blocks.SqueezeExcite(64))
+
+
+def test_identity_init_through_kwargs_is_passed_on():
+    class MySE(visattn.blocks.SqueezeExcite):  # takes identity_init through **kwargs
+        def __init__(self, channels, **kwargs):
+            super().__init__(channels, **kwargs)
+
+    model = timm.create_model("resnet18", layers=[1, 1, 1, 1], channels=[8, 8, 8, 8])
+    with pytest.warns(UserWarning, match="added 4 MySE blocks"):
+        _, report = visattn.inject(model, MySE, input_size=(3, 32, 32))
+    assert report.max_abs_diff == 0
 
 
 def test_unsupported_model_names_what_was_found():

@@ -51,6 +51,29 @@ def test_refused_checkpoint_leaves_model_unchanged():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_shape_mismatch_is_refused_before_anything_loads_unless_allowed():
+    kw = dict(layers=[1, 1, 1, 1], channels=[8, 8, 8, 8])
+    model = timm.create_model("resnet18", num_classes=5, **kw)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ten = timm.create_model("resnet18", num_classes=10, **kw).state_dict()
+    with pytest.raises(ValueError, match=r"2 tensors differ in shape \(fc.weight: checkpoint \(10, 8\) vs model "
+                                         r"\(5, 8\); fc.bias.*allow_missing=\('fc.',\)"):
+        visattn.load_weights(model, ten)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # A new head: the rest loads, fc keeps the model's own values.
+    with pytest.warns(UserWarning, match="keep their initial values"):
+        kept = visattn.load_weights(model, ten, allow_missing=("fc.",))
+    assert kept == ["fc.weight", "fc.bias"]
+    assert torch.equal(model.conv1.weight, ten["conv1.weight"]) and torch.equal(model.fc.weight, before["fc.weight"])
+
+
+def test_a_wrapped_models_own_state_dict_loads():
+    wrapped = torch.nn.DataParallel(timm.create_model("resnet18", num_classes=3, layers=[1, 1, 1, 1]))
+    source = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in wrapped.state_dict().items()}
+    visattn.load_weights(wrapped, source)  # keys 'module.conv1.weight', ... on both sides
+    assert torch.equal(wrapped.module.conv1.weight, source["module.conv1.weight"])
+
+
 def test_missing_file_and_bad_source():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_state_dict("/nonexistent/weights.safetensors")

@@ -20,7 +20,7 @@ from torch import nn
 
 from .cbam_fused import fused_cbam_supported, fused_channel_first_cbam
 from .channel import ChannelAttention
-from .components import LayerSpec, check_channels, reject_unknown
+from .components import LayerSpec, check_channels, check_odd_kernel, reject_unknown
 from .registry import register_block
 from .spatial import SpatialAttention
 
@@ -96,6 +96,7 @@ class CBAM(nn.Module):
             identity_init=identity_init,
             **dd,
         )
+        check_odd_kernel(spatial_kernel_size, "spatial_kernel_size")  # named as the caller wrote it
         self.spatial = SpatialAttention(
             channels,
             kernel_size=spatial_kernel_size,

@@ -48,6 +48,9 @@ def _resolve(spec: LayerSpec, table: dict[str, type[nn.Module]], arg: str) -> ty
         return table[key]
     if isinstance(spec, type) and issubclass(spec, nn.Module):
         return spec
+    if isinstance(spec, nn.Module):  # callable too, but the block builds its own layers from a class
+        raise TypeError(f"{arg} must be a name, an nn.Module class or a factory, not an instance: pass "
+                        f"{type(spec).__name__} (or functools.partial({type(spec).__name__}, ...)), got {spec!r}")
     if callable(spec):  # functools.partial(nn.LeakyReLU, 0.2) and similar factories
         return spec  # type: ignore[return-value]
     raise TypeError(f"{arg} must be a name, an nn.Module class or None, got {type(spec).__name__} {spec!r}")
@@ -62,6 +65,13 @@ def resolve_act(spec: LayerSpec, arg: str = "act_layer") -> type[nn.Module]:
 def resolve_norm(spec: LayerSpec, arg: str = "norm_layer") -> type[nn.Module] | None:
     """Turn a norm spec (``'batchnorm'``, ``nn.BatchNorm2d``, ``None``) into a module class or None."""
     return _resolve(spec, _NORMS, arg)
+
+
+def check_odd_kernel(value: Any, arg: str) -> int:
+    """Validate a spatial kernel size: a positive odd int, so that 'same' padding keeps the map's size."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(f"{arg} must be a positive odd int so the map keeps its size, got {value!r}")
+    return value
 
 
 def check_channels(channels: Any) -> int:

@@ -102,11 +102,14 @@ class PixelSelfAttention(nn.Module):
         for arg, value in (("num_heads", num_heads), ("kv_stride", kv_stride)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{arg} must be a positive int, got {value!r}")
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0
+                                  or math.isinf(scale)):
+            raise ValueError(f"scale must be a finite number > 0 (or None for head_dim**-0.5), got {scale!r}")
         if scale is not None and pairwise not in _SOFTMAX:
             raise ValueError(f"scale only applies to the softmax pairwise functions {_SOFTMAX}, not {pairwise!r}")
 
         if rd_channels is None:
-            # Round to a multiple of num_heads (make_divisible: nearest, not below 90 %) so any head count works.
+            # Round to the nearest multiple of lcm(rd_divisor, num_heads) (at least one) so any head count works.
             inner = reduced_channels(channels, rd_ratio, None, math.lcm(rd_divisor, num_heads))
         else:
             inner = reduced_channels(channels, rd_ratio, rd_channels, rd_divisor)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .components import Gate, LayerSpec, check_channels, reject_unknown, resolve_norm
+from .components import Gate, LayerSpec, check_channels, check_odd_kernel, reject_unknown, resolve_norm
 from .pooling import mean_max
 from .registry import register_block
 
@@ -57,8 +57,7 @@ class SpatialAttention(nn.Module):
         reject_unknown(type(self), kwargs)
         super().__init__()
         check_channels(channels)
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd int so the map keeps its size, got {kernel_size!r}")
+        check_odd_kernel(kernel_size, "kernel_size")
         dd = {"device": device, "dtype": dtype}
         norm = resolve_norm(norm_layer)
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=norm is None, **dd)

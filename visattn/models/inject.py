@@ -89,7 +89,8 @@ def _select(
             selected += blocks
         elif which_blocks == "last":
             selected.append(blocks[-1])
-        elif isinstance(which_blocks, str) or not all(isinstance(i, int) for i in which_blocks):
+        elif (isinstance(which_blocks, str) or not isinstance(which_blocks, Sequence)
+              or not all(isinstance(i, int) for i in which_blocks)):
             raise ValueError(f"blocks must be 'all', 'last' or a list of block indices, got {which_blocks!r}")
         else:
             for i in which_blocks:
@@ -107,9 +108,11 @@ def _out_channels(block: nn.Module) -> int:
 def _build(block_cls: Any, channels: int, identity: bool, dd: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
     if identity:
         try:
-            accepts = "identity_init" in inspect.signature(block_cls).parameters
+            params = inspect.signature(block_cls).parameters
         except (TypeError, ValueError):
-            accepts = False
+            params = {}
+        # **kwargs may pass it on (a subclass of a visattn block); the measured output check catches one that does not.
+        accepts = "identity_init" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if not accepts:
             raise TypeError(
                 f"{getattr(block_cls, '__name__', block_cls)!r} takes no identity_init argument, so init='identity' "
@@ -185,6 +188,9 @@ def inject(
         raise ValueError(f"init must be 'identity' or 'default', got {init!r}")
     block_cls = get_block(block) if isinstance(block, str) else block
     block_name = canonical_name(block) if isinstance(block, str) else getattr(block, "__name__", repr(block))
+    if isinstance(block_cls, nn.Module):  # an instance would be "called" with (channels) as its forward input
+        raise TypeError(f"block must be a registered name or an nn.Module class (one block is built per place), got "
+                        f"the instance {type(block_cls).__name__}(...); pass {type(block_cls).__name__} instead")
     if not callable(block_cls):
         raise TypeError(f"block must be a registered name or an nn.Module class, got {block!r}")
 

@@ -67,23 +67,37 @@ def load_weights(
     Args:
         model: the model to load into.
         source: a ``.safetensors`` / torch file path or a state_dict.
-        allow_missing: further key prefixes that may be missing (e.g. ``('fc.',)`` for a new classifier head).
+        allow_missing: further key prefixes that may be missing or differ in shape (e.g. ``('fc.',)`` for a new
+            classifier head); those keys keep the model's values.
 
     Returns:
         The keys left at their initial values (the attention blocks' own, and ``allow_missing`` ones).
 
     Raises:
-        ValueError: if keys other than attention-block keys are missing, or the checkpoint has unexpected keys.
+        ValueError: if keys other than attention-block keys are missing, the checkpoint has unexpected keys, or a
+            tensor's shape differs (outside ``allow_missing``, where the model keeps its own); nothing is loaded then.
 
     Example:
         >>> model, report = visattn.inject(timm.create_model('resnet50'), 'cbam')
         >>> visattn.load_weights(model, 'resnet50_trained.safetensors')
     """
     state = read_state_dict(source)
+    own = model.state_dict()
+    if own and all(k.startswith("module.") for k in own):  # a DataParallel / DDP wrapper saved or loaded as a whole
+        state = {f"module.{k}": v for k, v in state.items()}
     may_be_missing = tuple(f"{name}." for name, m in model.named_modules()
                            if name and (is_block(m) or is_injected(m))) + allow_missing
-    # Check the keys before loading anything, so that a mismatch leaves the model as it was.
-    own = model.state_dict()
+    # A new head under allow_missing (('fc.',) for another class count): the checkpoint's differently shaped tensors
+    # are left out, and those keys keep their initial values like missing ones.
+    state = {k: v for k, v in state.items()
+             if not (k in own and k.startswith(allow_missing) and v.shape != own[k].shape)}
+    # Check keys and shapes before loading anything, so that a mismatch leaves the model as it was.
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise ValueError(f"checkpoint does not fit {type(model).__name__}: {len(mismatched)} tensors differ in shape "
+                         f"({'; '.join(mismatched[:3])}{'...' if len(mismatched) > 3 else ''}); for a new classifier "
+                         f"head pass allow_missing=('fc.',) (its prefix) to keep the model's own")
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state and not k.startswith(may_be_missing)
                and not k.endswith("num_batches_tracked")]  # BatchNorm fills that one itself
