@@ -56,6 +56,29 @@ def test_compiles_without_graph_breaks_and_matches_eager(name):
 
 
 @pytest.mark.parametrize("name", BLOCK_NAMES)
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # SDPA has no vmap rule (fallback)
+def test_per_sample_gradients_with_torch_func(name):
+    # vmap(grad(...)) over functional_call: the custom autograd ops must support torch.func, and CBAM's fused node
+    # (which cannot) must stand aside. Eval mode: BatchNorm's running-stat update is not functional.
+    torch.manual_seed(0)
+    block = visattn.create_block(name, 16).eval()
+    block.fused_min_numel = 0
+    x = torch.randn(3, 16, 5, 6)
+    params = {k: v.detach() for k, v in block.named_parameters()}
+    buffers = dict(block.named_buffers())
+
+    def loss(p, sample):
+        return torch.func.functional_call(block, (p, buffers), (sample[None],)).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(len(x)):
+        block.zero_grad()
+        block(x[i:i + 1]).square().sum().backward()
+        for key, p in block.named_parameters():
+            torch.testing.assert_close(per_sample[key][i], p.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
 def test_default_block_is_not_identity_after_training_moves_it(name):
     # Guards against a block whose forward ignores its own parameters.
     block = randomize_parameters(visattn.create_block(name, 16)).eval()

@@ -37,14 +37,23 @@ def fused_cbam_supported(block: CBAM, x: torch.Tensor) -> bool:
     none (the two the tests check against CBAM's equations).
 
     Under ``torch.compile`` the composed modules run instead: the compiler fuses them itself, and this function's
-    backward differentiates graphs recorded in forward with ``retain_graph=True``, which compiled graphs refuse.
+    backward differentiates graphs recorded in forward with ``retain_graph=True``, which compiled graphs refuse. Inside
+    torch.func transforms the composed modules run too.
     """
     norm = block.spatial.norm
     return (block.order == "channel_first" and torch.is_grad_enabled() and x.ndim == 4
             and x.numel() >= max(block.fused_min_numel, 1)  # an empty batch gains nothing from fusing
             and not torch.compiler.is_compiling()
+            and not _functorch_active()
             and not torch.is_autocast_enabled(x.device.type)
             and (type(norm) is nn.Identity or type(norm) is nn.BatchNorm2d))
+
+
+def _functorch_active() -> bool:
+    """True inside a torch.func transform (vmap, grad, jacrev, ...): the fused node's backward differentiates graphs
+    recorded in forward, which those transforms cannot follow, so the composed modules run there."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)  # no public query yet
+    return peek is not None and peek() is not None
 
 
 def _channel_gate(block: CBAM, pooled: torch.Tensor) -> torch.Tensor:

@@ -53,24 +53,32 @@ def max_with_index(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 class _MeanMax(torch.autograd.Function):
+    # forward / setup_context split and a generated vmap rule: torch.func (vmap, grad, jacrev) can transform it.
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x.shape[dim]
+    def forward(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean = accumulated_mean(x, dim, keepdim=True)
         peak, index = max_with_index(x, dim)
+        return mean, peak, index
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, int], output: tuple[torch.Tensor, ...]) -> None:
+        x, dim = inputs
+        index = output[2]
         ctx.save_for_backward(index)
-        ctx.dim, ctx.shape, ctx.n = dim, x.shape, n
+        ctx.dim, ctx.shape = dim, x.shape
         ctx.mark_non_differentiable(index)
-        return mean, peak
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_mean: torch.Tensor | None, grad_peak: torch.Tensor | None) -> tuple[Any, None]:
+    def backward(ctx: Any, grad_mean: torch.Tensor | None, grad_peak: torch.Tensor | None,
+                 _grad_index: None) -> tuple[Any, None]:
         (index,) = ctx.saved_tensors
         if grad_mean is None:
             grad = index.new_zeros(ctx.shape, dtype=grad_peak.dtype)
         else:
-            grad = (grad_mean * (1.0 / ctx.n)).expand(ctx.shape).contiguous()
+            grad = (grad_mean * (1.0 / ctx.shape[ctx.dim])).expand(ctx.shape).contiguous()
         if grad_peak is not None:
             grad.scatter_add_(ctx.dim, index, grad_peak.to(grad.dtype))
         return grad, None
@@ -78,14 +86,20 @@ class _MeanMax(torch.autograd.Function):
 
 def mean_max(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and max of ``x`` over ``dim`` (kept as size 1); the max gradient goes to one arg-max per slice."""
-    return _MeanMax.apply(x, dim)
+    mean, peak, _ = _MeanMax.apply(x, dim)
+    return mean, peak
 
 
 class _ScaleChannels(torch.autograd.Function):
+    generate_vmap_rule = True  # see _MeanMax
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weights)
+    def forward(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return x * weights[:, :, None, None]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     @once_differentiable

@@ -69,7 +69,10 @@ class SpatialAttention(nn.Module):
         # mean_max: one fused backward pass over x. The 2-channel map is tiny, and oneDNN's conv backward is ~4x
         # faster on it in channels_last than in NCHW (measured on CPU).
         descriptors = torch.cat(mean_max(x, 1), dim=1)
-        descriptors = descriptors.contiguous(memory_format=torch.channels_last)
+        try:
+            descriptors = descriptors.contiguous(memory_format=torch.channels_last)
+        except RuntimeError:  # torch.func.vmap has no memory formats; a layout is only a speed-up here
+            pass
         return self.gate(self.norm(self.conv(descriptors)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
