@@ -23,6 +23,7 @@ from visattn.training.config_loader import (
     format_override,
     load_config,
     parse_overrides,
+    read_yaml,
     save_config,
 )
 
@@ -294,6 +295,21 @@ def test_config_to_dict_is_plain():
         config_to_dict(Cfg(extra=object()))
     with pytest.raises(TypeError, match="dataclass instance"):
         config_to_dict({"a": 1})
+
+
+def test_saved_number_like_strings_read_back_as_strings_by_any_yaml_reader(tmp_path):
+    # The loader reads YAML 1.2 numbers, plain yaml.safe_load YAML 1.1 ones ('1:30' is 90 there): a saved string
+    # must survive both, or a run named 12:30 would not find its own folders on resume.
+    names = ["1:30", "12:30:00", "0b101", "+0x1F", "010", "0o7", "1_000", "+5", "-0"]
+    path = tmp_path / "config.yaml"
+    save_config(load_config(Cfg), path, extra={"names": names})
+    assert yaml.safe_load(path.read_text())["_meta"]["names"] == names
+    assert read_yaml(path.read_text())["_meta"]["names"] == names
+
+
+def test_explicit_int_tag_with_a_yaml_1_1_form_is_a_config_error():
+    with pytest.raises(ConfigError, match="'0b11' is not a YAML 1.2 integer"):
+        parse_overrides(["a=!!int 0b11"])
 
 
 def test_save_load_round_trip_with_meta(tmp_path):

@@ -199,8 +199,9 @@ def test_explicit_transform_list_and_errors():
     # albumentations 2 would warn and drop arguments it no longer takes, giving its defaults: 1.x's CoarseDropout.
     with pytest.raises(ValueError, match=r"unknown argument\(s\) \['max_holes', 'max_height'\]"):
         transforms_from_list([{"name": "CoarseDropout", "max_holes": 1, "max_height": 8}])
-    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['always_apply'\].*valid: \['p'\]"):
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['always_apply'\].*valid: \['p', 'strict'\]"):
         transforms_from_list([{"name": "HorizontalFlip", "always_apply": True}])
+    assert transforms_from_list([{"name": "HorizontalFlip", "strict": True}])  # albumentations' own option
 
 
 @pytest.mark.parametrize("name", ["Normalize", "ToTensorV2"])

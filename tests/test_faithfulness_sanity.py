@@ -167,6 +167,19 @@ def test_reset_that_misses_parameters_is_completed():
     assert float(linear.weight.detach().abs().max()) > 0.1
 
 
+    class DataReset(nn.Module):  # writes through .data, which leaves the version counter alone
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(4))
+
+        def reset_parameters(self):
+            self.weight.data.fill_(1.0)
+
+    data_reset = DataReset()
+    _reinitialize(data_reset, seed=1)
+    assert torch.equal(data_reset.weight.detach(), torch.ones(4))
+
+
 def test_the_models_own_parameters_are_a_last_step():
     class TokenNet(nn.Module):  # like a ViT: a parameter owned by the model itself, not by a child
         def __init__(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visattn.blocks.pooling import max_with_index, mean_max
+from visattn.blocks.pooling import max_with_index, mean_max, scale_channels
 
 
 def _positions_view(x: torch.Tensor) -> torch.Tensor:
@@ -76,3 +76,29 @@ def test_float64_means_accumulate_in_float64() -> None:
     se = SqueezeExcite(8).double()
     torch.testing.assert_close(se.channel_weights(x), se.gate(se.fc2(se.act(se.fc1(x.mean((2, 3)))))),
                                rtol=0, atol=1e-10)
+
+
+def test_gradients_of_gradients() -> None:
+    # Gradient penalties and nested torch.func.grad differentiate the backward passes themselves.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: mean_max(t, 1), (x,))
+    assert torch.autograd.gradgradcheck(lambda t, v: scale_channels(t, v), (x, w))
+    # Nested torch.func.grad against the same function in plain torch (the mean's second derivative is 0, the
+    # product's is not): a backward treated as constant would give 0 here.
+    def ours(t):
+        mean, peak = mean_max(t, 1)
+        return (scale_channels(t, mean.squeeze(1).mean((1, 2))[:, None].expand(2, 3)) * peak).sum()
+
+    def plain(t):
+        mean, peak = t.mean(1, keepdim=True), t.amax(1, keepdim=True)
+        return (t * mean.squeeze(1).mean((1, 2))[:, None, None, None] * peak).sum()
+
+    def hessian_times(f, direction):
+        return torch.func.grad(lambda t: (torch.func.grad(f)(t) * direction).sum())(x.detach())
+
+    direction = torch.randn_like(x)
+    expected = hessian_times(plain, direction)
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(hessian_times(ours, direction), expected)

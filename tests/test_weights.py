@@ -68,10 +68,22 @@ def test_shape_mismatch_is_refused_before_anything_loads_unless_allowed():
 
 
 def test_a_wrapped_models_own_state_dict_loads():
-    wrapped = torch.nn.DataParallel(timm.create_model("resnet18", num_classes=3, layers=[1, 1, 1, 1]))
+    kw = dict(layers=[1, 1, 1, 1], channels=[8, 8, 8, 8])
+    wrapped = torch.nn.DataParallel(timm.create_model("resnet18", num_classes=3, **kw))
     source = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in wrapped.state_dict().items()}
     visattn.load_weights(wrapped, source)  # keys 'module.conv1.weight', ... on both sides
     assert torch.equal(wrapped.module.conv1.weight, source["module.conv1.weight"])
+    # allow_missing names the wrapped model's keys, as for the bare model.
+    ten = timm.create_model("resnet18", num_classes=10, **kw).state_dict()
+    with pytest.warns(UserWarning, match="keep their initial values"):
+        assert visattn.load_weights(wrapped, ten, allow_missing=("fc.",)) == ["module.fc.weight", "module.fc.bias"]
+
+
+def test_lazy_modules_are_materialised_by_the_checkpoint():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.LazyLinear(2))
+    source = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Linear(16, 2)).state_dict()
+    visattn.load_weights(model, source)
+    assert torch.equal(model[1].weight, source["1.weight"])
 
 
 def test_missing_file_and_bad_source():

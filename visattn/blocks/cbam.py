@@ -82,7 +82,7 @@ class CBAM(nn.Module):
         # One autograd node for channel_first training (cbam_fused.py): same maths, less memory and traffic. It is
         # used for feature maps of at least `fused_min_numel` elements (8 MB in float32), where allocation and
         # memory traffic dominate; on small maps its gain was within run-to-run noise on CPU. Set `fused = False`
-        # to always run the composed modules.
+        # to always run the composed modules, e.g. for gradients of gradients (the fused node is differentiable once).
         self.fused = True
         self.fused_min_numel = 1 << 21
         self.channel = ChannelAttention(

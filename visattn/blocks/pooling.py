@@ -3,8 +3,8 @@
 On CPU these blocks are memory-bound: each full pass over the feature map costs about as much as the block's maths.
 autograd's generic formulas make several: ``mean()`` materialises a division, ``amax()`` a tie-splitting mask, ``max()``
 a zero-filled tensor to scatter into, and every extra consumer of ``x`` adds one more accumulation pass. The two ops
-here each write one gradient tensor for ``x``. Both are plain PyTorch, work on any device, and are differentiable
-once (``once_differentiable``), which is all training needs.
+here each write one gradient tensor for ``x``. Both are plain PyTorch and work on any device; their backward passes
+are made of differentiable ops, so gradients of gradients work too (gradient penalties, ``torch.func.grad`` nested).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 __all__ = ["accumulated_mean", "max_with_index", "mean_max", "scale_channels"]
 
@@ -71,7 +70,6 @@ class _MeanMax(torch.autograd.Function):
         ctx.mark_non_differentiable(index)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_mean: torch.Tensor | None, grad_peak: torch.Tensor | None,
                  _grad_index: None) -> tuple[Any, None]:
         (index,) = ctx.saved_tensors
@@ -102,7 +100,6 @@ class _ScaleChannels(torch.autograd.Function):
         ctx.save_for_backward(*inputs)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         x, weights = ctx.saved_tensors
         grad_x = grad * weights[:, :, None, None] if ctx.needs_input_grad[0] else None

@@ -48,7 +48,8 @@ def transforms_from_list(specs: Sequence[dict[str, Any]], arg: str = "transforms
                              + (f"; did you mean {close[0]!r}?" if close else ""))
         params = inspect.signature(cls.__init__).parameters
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            valid = [n for n in params if n != "self"]
+            # `strict` is albumentations' own switch, taken by every transform before its __init__ sees the rest.
+            valid = [n for n in params if n != "self"] + ["strict"]
             unknown = [k for k in kwargs if k not in valid]
             if unknown:
                 close = {k: m[0] for k in unknown if (m := difflib.get_close_matches(str(k), valid, n=1))}

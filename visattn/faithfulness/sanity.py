@@ -151,12 +151,13 @@ def _reinitialize(module: nn.Module, seed: int, *, recurse: bool = True) -> None
         for m in module.modules() if recurse else [module]:
             own = list(m.parameters(recurse=False))
             reset = getattr(m, "reset_parameters", None) if recurse else None
-            # In-place writes bump a tensor's version counter: what reset() did not write to is still trained.
-            versions = [p._version for p in own]
+            # What reset() did not write to is still trained. An in-place write bumps a tensor's version counter;
+            # one through .data does not, but changes the values.
+            before = [(p._version, p.detach().clone()) for p in own] if callable(reset) else None
             if callable(reset):
                 reset()
-            for p, version in zip(own, versions, strict=True):
-                if p._version == version:
+            for i, p in enumerate(own):
+                if before is None or (p._version == before[i][0] and torch.equal(p, before[i][1])):
                     p.copy_(torch.randn(p.shape, generator=generator).to(p) * _INIT_STD)
 
 

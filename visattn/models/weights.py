@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from ..blocks.registry import is_block
 
@@ -85,15 +86,18 @@ def load_weights(
     own = model.state_dict()
     if own and all(k.startswith("module.") for k in own):  # a DataParallel / DDP wrapper saved or loaded as a whole
         state = {f"module.{k}": v for k, v in state.items()}
+        allow_missing = tuple(f"module.{p}" for p in allow_missing)  # given for the wrapped model's own names
     may_be_missing = tuple(f"{name}." for name, m in model.named_modules()
                            if name and (is_block(m) or is_injected(m))) + allow_missing
     # A new head under allow_missing (('fc.',) for another class count): the checkpoint's differently shaped tensors
     # are left out, and those keys keep their initial values like missing ones.
+    # Lazy modules' parameters have no shape yet; load_state_dict materialises them from the checkpoint.
+    sized = {k for k, v in own.items() if not is_lazy(v)}
     state = {k: v for k, v in state.items()
-             if not (k in own and k.startswith(allow_missing) and v.shape != own[k].shape)}
+             if not (k in sized and k.startswith(allow_missing) and v.shape != own[k].shape)}
     # Check keys and shapes before loading anything, so that a mismatch leaves the model as it was.
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+                  for k, v in state.items() if k in sized and v.shape != own[k].shape]
     if mismatched:
         raise ValueError(f"checkpoint does not fit {type(model).__name__}: {len(mismatched)} tensors differ in shape "
                          f"({'; '.join(mismatched[:3])}{'...' if len(mismatched) > 3 else ''}); for a new classifier "

@@ -38,6 +38,7 @@ __all__ = [
     "config_to_dict",
     "save_config",
     "closest_key",
+    "read_yaml",
 ]
 
 T = TypeVar("T")
@@ -79,6 +80,8 @@ _Dumper.add_representer(str, _Dumper.represent_str)
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     text = str(loader.construct_scalar(node))
+    if not _INT_RE.match(text):  # only reachable through an explicit !!int tag
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 integer", node.start_mark)
     if text.startswith("0o"):
         return int(text[2:], 8)
     return int(text, 16 if text.startswith("0x") else 10)  # '010' is ten, as YAML 1.2 and a person read it
@@ -87,15 +90,18 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 for _cls in (_Loader, _Dumper):
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, _FLOAT_FIRST)
-    # YAML 1.2 ints instead of PyYAML's 1.1 rules, which read 'seed=010' as 8 (octal) and 'epochs=1:30' as 90
-    # (base 60). The dumper shares the rule, so a string such as '010' is written quoted and reads back as a string.
-    _cls.yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
-        for first, resolvers in _cls.yaml_implicit_resolvers.items()}
+# YAML 1.2 ints instead of PyYAML's 1.1 rules, which read 'seed=010' as 8 (octal) and 'epochs=1:30' as 90 (base 60).
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
+# The dumper quotes a string that either rule set reads as a number ('010', '1:30'), so a config.yaml reads back the
+# same through this loader and through plain yaml.safe_load.
+for _cls in (_Loader, _Dumper):
     _cls.add_implicit_resolver("tag:yaml.org,2002:int", _INT_RE, list("-+0123456789"))
 
 
-def _yaml_load(text: str) -> Any:
+def read_yaml(text: str) -> Any:
+    """Parse YAML the way config files and overrides are read: safe, YAML 1.2 numbers, duplicate keys refused."""
     return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
 
 
@@ -164,7 +170,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         if not all(p and p == p.strip() for p in parts):
             raise ConfigError(f"override {item!r} has a malformed key {key!r}; use dotted field names like 'optim.lr'")
         try:
-            value = _yaml_load(text)
+            value = read_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML: {exc}") from None
         for part in reversed(parts):
@@ -277,7 +283,7 @@ def _load_file(path: Path, chain: tuple[Path, ...], parent: Path | None = None) 
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {resolved}: {exc}") from exc
     try:
-        data = _yaml_load(text)
+        data = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML in config file {resolved}: {exc}") from None
     data = {} if data is None else data

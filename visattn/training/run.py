@@ -31,7 +31,7 @@ from ..files import atomic_write_text
 from ..utils import count_params
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights, unwrap_model
 from .config import TrainConfig
-from .config_loader import save_config
+from .config_loader import read_yaml, save_config
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .loop import EpochStats, Schedule, evaluate, train_one_epoch
 from .model import build_model
@@ -150,7 +150,7 @@ def _run_dir(cfg: TrainConfig, config_path: str | Path | None, resume: bool) -> 
 def _recorded_run_name(run_dir: Path) -> str | None:
     """The run name a run folder's config.yaml records (``_meta.run_name``), if any."""
     try:
-        meta = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("_meta") or {}
+        meta = (read_yaml((run_dir / "config.yaml").read_text()) or {}).get("_meta") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         return None
     return meta.get("run_name") if isinstance(meta, dict) else None
