@@ -44,3 +44,23 @@ def test_train_resume_of_a_missing_checkpoint_is_a_message(tmp_path, capsys):
                  "--resume", str(tmp_path / "none" / "last.safetensors"), "loop.progress=false"])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~30 s: ROAD's imputation solves dominate
+def test_evaluate_cams_on_the_shipped_weights_with_two_tolerances(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "quickstart_resnet18_cbam_shapes.safetensors"
+    argv = ["evaluate-cams", str(weights), "--methods", "gradcam", "--num-images", "12", "--no-sanity",
+            "--tolerance", "0", "2", "--out", str(tmp_path), "--markdown"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| pointing (0 px) ↑ | pointing (2 px) ↑ |" in out
+    data = json.loads((tmp_path / "faithfulness.json").read_text())
+    scores = data["methods"]["gradcam"]["scores"]
+    assert scores["pointing_game@2px"] >= scores["pointing_game"]  # a tolerance only adds hits
+    assert data["pointing_baseline"]["pointing_game@2px"] >= data["pointing_baseline"]["pointing_game"]
+    assert data["settings"]["tolerance"] == [0.0, 2.0] and data["better"]["pointing_game@2px"] == "higher"
+    assert main(["evaluate-cams", str(weights), "--methods", "gradcam", "--tolerance", "1", "1"]) == 2
+    assert "different ones" in capsys.readouterr().err

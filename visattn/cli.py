@@ -219,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated CAM methods (default: all)")
     faith.add_argument("--num-images", type=int, default=200, help="validation images to score (default 200)")
     faith.add_argument("--out", "-o", default="faithfulness", help="output folder (default ./faithfulness)")
-    faith.add_argument("--tolerance", type=float, default=0.0,
-                       help="pointing-game tolerance in pixels (Zhang et al. use 15 px at 224 px, ~2 px at 32 px)")
+    faith.add_argument("--tolerance", type=float, nargs="+", default=[0.0], metavar="PX",
+                       help="pointing-game tolerance in pixels, one pointing column each (Zhang et al. use 15 px at "
+                            "224 px, ~2 px at 32 px; e.g. --tolerance 0 2)")
     faith.add_argument("--no-sanity", action="store_true", help="skip the model-randomisation sanity check")
     faith.add_argument("--batch-size", type=int, default=64)
     faith.add_argument("--markdown", action="store_true", help="print the table as Markdown")

@@ -60,7 +60,7 @@ def evaluate_cams(
         out_dir: str | Path | None = None,
         sanity: bool = True,
         batch_size: int = 64,
-        tolerance: float = 0.0,
+        tolerance: float | Sequence[float] = 0.0,
         progress: bool = False,
 ) -> FaithfulnessReport:
     """Deletion/insertion AUC, ROAD, pointing games and the randomisation sanity check for each CAM method.

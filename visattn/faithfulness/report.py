@@ -62,18 +62,29 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def pointing_key(tolerance: float, first: bool) -> str:
+    """Scalar key of the pointing game at ``tolerance``: ``pointing_game`` for the first, then ``pointing_game@2px``."""
+    return "pointing_game" if first else f"pointing_game@{tolerance:g}px"
+
+
 @dataclass
 class MethodScores:
-    """All results for one saliency method; ``pointing``/``sanity`` are None when not run."""
+    """All results for one saliency method; ``pointing``/``sanity`` are None when not run.
+
+    ``pointing`` is the pointing games at the first tolerance asked for; ``pointing_at`` holds every tolerance's.
+    """
 
     deletion: PerturbationResult
     insertion: PerturbationResult
     road: RoadResult
     pointing: PointingResult | None = None
     sanity: SanityResult | None = None
+    pointing_at: dict[float, PointingResult] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, float | None]:
-        """One number per metric (keys of :data:`METRICS`); ``sanity_spearman`` is after the last step."""
+        """One number per metric (keys of :data:`METRICS`, plus ``pointing_game@<t>px`` for further tolerances);
+        ``sanity_spearman`` is after the last step."""
+        further = {pointing_key(t, False): r.hit_rate for t, r in list(self.pointing_at.items())[1:]}
         return {
             "deletion_auc": self.deletion.mean_auc,
             "insertion_auc": self.insertion.mean_auc,
@@ -83,6 +94,7 @@ class MethodScores:
             "pointing_game": self.pointing.hit_rate if self.pointing else None,
             "energy_pointing_game": self.pointing.energy_mean if self.pointing else None,
             "sanity_spearman": float(self.sanity.mean_spearman[-1]) if self.sanity else None,
+            **further,
         }
 
 
@@ -94,26 +106,44 @@ class FaithfulnessReport:
     n_images: int
     settings: dict[str, Any] = field(default_factory=dict)
     pointing_baseline: PointingResult | None = None  # centre point / uniform map (:func:`.pointing.centre_baseline`)
+    baseline_at: dict[float, PointingResult] = field(default_factory=dict)  # the same at every tolerance
 
     def baseline_scores(self) -> dict[str, float] | None:
-        """The pointing games' centre / uniform-map baseline (keys of :data:`METRICS`); None without masks."""
+        """The pointing games' centre / uniform-map baseline (keys of :data:`METRICS`, and ``pointing_game@<t>px``
+        for further tolerances); None without masks."""
         if self.pointing_baseline is None:
             return None
+        further = {pointing_key(t, False): r.hit_rate for t, r in list(self.baseline_at.items())[1:]}
         return {"pointing_game": self.pointing_baseline.hit_rate,
-                "energy_pointing_game": self.pointing_baseline.energy_mean}
+                "energy_pointing_game": self.pointing_baseline.energy_mean, **further}
+
+    def columns(self) -> list[tuple[str, str, str]]:
+        """The table's ``(key, label, arrow)`` columns: :data:`METRICS`, with one pointing column per tolerance when
+        several were asked for."""
+        tolerances = list(next(iter(self.methods.values())).pointing_at) if self.methods else []
+        if len(tolerances) < 2:
+            return list(METRICS)
+        columns = []
+        for key, label, arrow in METRICS:
+            if key == "pointing_game":
+                columns += [(pointing_key(t, i == 0), f"{label} ({t:g} px)", arrow) for i, t in enumerate(tolerances)]
+            else:
+                columns.append((key, label, arrow))
+        return columns
 
     def table(self, markdown: bool = False) -> str:
         """Aligned text (or markdown) table, one row per method, arrows marking the better direction.
 
         A second table lists the sanity-check Spearman correlation after each randomisation step.
         """
-        header = ["method", *(f"{label} {arrow}" for _, label, arrow in METRICS)]
+        columns = self.columns()
+        header = ["method", *(f"{label} {arrow}" for _, label, arrow in columns)]
         scalars = {name: scores.scalars() for name, scores in self.methods.items()}
-        rows = [[name, *(_fmt(values[key]) for key, _, _ in METRICS)] for name, values in scalars.items()]
+        rows = [[name, *(_fmt(values[key]) for key, _, _ in columns)] for name, values in scalars.items()]
         baseline = self.baseline_scores()
         if baseline is not None:
             rows.append(["centre/uniform baseline",
-                         *(_fmt(baseline[key]) if key in baseline else "" for key, _, _ in METRICS)])
+                         *(_fmt(baseline[key]) if key in baseline else "" for key, _, _ in columns)])
         parts = [_render(header, rows, markdown)]
         sanity = {name: s.sanity for name, s in self.methods.items() if s.sanity is not None}
         if sanity:
@@ -155,7 +185,7 @@ class FaithfulnessReport:
             "pointing_baseline": self.baseline_scores(),
             "fractions": first.deletion.fractions.tolist(),
             "road_percentiles": first.road.percentiles.tolist(),
-            "better": {key: "lower" if arrow == "↓" else "higher" for key, _, arrow in METRICS},
+            "better": {key: "lower" if arrow == "↓" else "higher" for key, _, arrow in [*METRICS, *self.columns()]},
             "methods": methods,
         })
 
@@ -214,7 +244,7 @@ def evaluate_faithfulness(
         steps: int = 21,
         percentiles: Sequence[float] = (10, 20, 30, 40, 50, 60, 70, 80, 90),
         deletion_baseline: Baseline = "zero",
-        tolerance: float = 0,
+        tolerance: float | Sequence[float] = 0,
         batch_size: int = 64,
         sanity: bool = True,
         sanity_layers: Sequence[str] | None = None,
@@ -235,7 +265,8 @@ def evaluate_faithfulness(
         steps: points on the deletion/insertion curves.
         percentiles: ROAD removal percentages.
         deletion_baseline: deletion fill (see :func:`~.perturbation.deletion`); insertion starts from a blur.
-        tolerance: pointing-game tolerance in pixels.
+        tolerance: pointing-game tolerance in pixels, or several (one pointing column each; the first is
+            ``pointing_game``, the others ``pointing_game@<t>px``).
         batch_size: images per forward pass / explain call.
         sanity: run the cascading randomisation test (one deep copy of the model at a time).
         sanity_layers: layers to randomise, top first; default :func:`.sanity.default_sanity_layers`.
@@ -265,8 +296,10 @@ def evaluate_faithfulness(
     check_batch_size(batch_size)
     if sanity:
         _resolve_layers(model, sanity_layers)
+    tolerances = _tolerances(tolerance)
     if masks is not None:  # fail before any work: the pointing game validates masks against maps of the right shape
-        pointing_game(torch.zeros(images.shape[0], *images.shape[2:]), masks, tolerance=tolerance, on_empty="exclude")
+        for t in tolerances:
+            pointing_game(torch.zeros(images.shape[0], *images.shape[2:]), masks, tolerance=t, on_empty="exclude")
     per_step = 4 + (masks is not None) + bool(sanity)
     bar = tqdm(total=per_step * len(methods), disable=not progress, desc="faithfulness")
     results = {}
@@ -288,7 +321,9 @@ def evaluate_faithfulness(
             bar.update()
             scores = MethodScores(deletion=deleted, insertion=inserted, road=removed)
             if masks is not None:
-                scores.pointing = pointing_game(maps, masks, tolerance=tolerance, on_empty="exclude")
+                scores.pointing_at = {t: pointing_game(maps, masks, tolerance=t, on_empty="exclude")
+                                      for t in tolerances}
+                scores.pointing = scores.pointing_at[tolerances[0]]
                 bar.update()
             if sanity:
                 bar.set_postfix_str(f"{name}: sanity")
@@ -299,10 +334,12 @@ def evaluate_faithfulness(
     finally:
         bar.close()
     settings = {"steps": steps, "percentiles": list(percentiles), "deletion_baseline": _setting(deletion_baseline),
-                "insertion_baseline": "blur", "tolerance": tolerance, "seed": seed, "sanity": sanity}
-    baseline = None if masks is None else centre_baseline(masks, tolerance=tolerance, on_empty="exclude")
+                "insertion_baseline": "blur", "seed": seed, "sanity": sanity,
+                "tolerance": tolerances[0] if len(tolerances) == 1 else list(tolerances)}
+    baselines = {} if masks is None else {t: centre_baseline(masks, tolerance=t, on_empty="exclude")
+                                          for t in tolerances}
     report = FaithfulnessReport(methods=results, n_images=images.shape[0], settings=settings,
-                                pointing_baseline=baseline)
+                                pointing_baseline=baselines.get(tolerances[0]), baseline_at=baselines)
     if out_dir is not None:
         report.save(out_dir)
     return report
@@ -310,6 +347,14 @@ def evaluate_faithfulness(
 
 def _setting(value: object) -> object:
     return f"tensor{tuple(value.shape)}" if isinstance(value, torch.Tensor) else value
+
+
+def _tolerances(tolerance: float | Sequence[float]) -> tuple[float, ...]:
+    values = (tolerance,) if isinstance(tolerance, (int, float)) else tuple(tolerance)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"tolerance must be a number of pixels or a non-empty list of different ones, got "
+                         f"{tolerance!r}")
+    return values  # each is checked by pointing_game
 
 
 def _layer_label(name: str) -> str:
