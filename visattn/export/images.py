@@ -31,7 +31,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (*_TRAINING_EXTENSIONS, ".gif", ".jpe", ".jf
 MAX_PIXELS = 2**30
 
 
-
 def _is_image_file(path: Path) -> bool:
     # Not is_file(): a broken link named like an image is an image the user cannot read, to report, not to skip.
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir()
