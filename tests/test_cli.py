@@ -64,3 +64,18 @@ def test_evaluate_cams_on_the_shipped_weights_with_two_tolerances(tmp_path, caps
     assert data["settings"]["tolerance"] == [0.0, 2.0] and data["better"]["pointing_game@2px"] == "higher"
     assert main(["evaluate-cams", str(weights), "--methods", "gradcam", "--tolerance", "1", "1"]) == 2
     assert "different ones" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["blocks", "--channels", "0"], "channels must be a positive int"),
+    (["bench", "blocks", "--quick", "--only", "cbma"], "only names unknown rows ['cbma']; valid: se, cam"),
+    (["bench", "train", "--steps", "0"], "steps must be an int >= 1, got 0"),
+    (["bench", "cams", "--quick", "--methods", "gradcm"], "gradcm"),
+    (["overlay", "weights/quickstart_resnet18_cbam_shapes.safetensors", "--samples", "-3"],
+     "--samples must be >= 0, got -3"),
+])
+def test_user_mistakes_are_messages_with_status_2(capsys, argv, message):
+    # Status 1 stays free for a command's own failure (bench cams: maps that differ from pytorch-grad-cam's).
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

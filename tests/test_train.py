@@ -116,6 +116,33 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "did you mean 'optim.lr'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.name=cifar10", "cifar-10-batches-py"),  # where the files belong, not a traceback
+    ("loop.amp=fp16", "needs CUDA"),
+    ("eval.overlay_layers=[layer9]", "'layer9' matches no module"),
+])
+def test_cli_reports_what_train_rejects_without_a_traceback(tmp_path, capsys, override, message):
+    from visattn.cli import main
+
+    argv = ["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, f"checkpoint.output_dir={tmp_path}",
+            f"data.root={tmp_path / 'nowhere'}", "eval.overlays=1", override]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visattn train: ") and message in err and "Traceback" not in err
+
+
+def test_resume_of_a_run_folder_uses_its_config(tmp_path, capsys):
+    from visattn.cli import main
+
+    cfg = _cfg(tmp_path, "loop.epochs=1", "data.num_train=64", "data.num_val=32", "model.kwargs.channels=[8, 8, 8, 16]")
+    first = train(cfg, config_path="narrow.yaml")
+    # No --config: the defaults would build a model the checkpoint does not fit; the folder's config.yaml does.
+    assert main(["train", "--resume", str(first.run_dir), "loop.epochs=2"]) == 0
+    assert "resume: using" in capsys.readouterr().out
+    assert [r["epoch"] for r in _metrics(first.run_dir)] == [1, 2]
+    assert run_module.recorded_run_name(first.run_dir) == "narrow"  # the run keeps its name
+
+
 @pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -128,6 +155,16 @@ def test_ddp_two_gloo_processes(tmp_path):
     # Both ranks' batches are counted: 384 images / (32 per rank x 2 ranks) = 6 steps.
     assert records[0]["step"] == 6
     assert result.stdout.count("run folder:") == 1
+    # The ranks evaluated the model rank 0 saved (BatchNorm statistics broadcast first), so a single process
+    # evaluating the saved weights gets the logged validation loss.
+    from visattn.data.datasets import build_datasets
+    from visattn.training.distributed import DistInfo
+    from visattn.training.trained import load_trained
+
+    trained = load_trained(tmp_path / "quickstart")
+    alone = run_module._evaluate(trained.model, build_datasets(trained.config.data).val, trained.config, DistInfo(),
+                                 torch.device("cpu"))
+    assert alone.loss == pytest.approx(records[0]["val_loss"], rel=1e-5)
 
 
 def test_overlay_settings_are_checked_before_training(tmp_path):
@@ -205,6 +242,16 @@ def test_bare_resume_never_picks_another_configs_numbered_folder(tmp_path):
     first, second = (train(nested, config_path="x.yaml") for _ in range(2))
     assert (first.run_dir.name, second.run_dir.name) == ("exp", "exp-1")
     assert run_module._run_dir(nested, "x.yaml", resume=True) == second.run_dir
+    # exp.yaml's second run is the folder exp-1; a config named exp-1.yaml then runs in exp-1-1 and must resume
+    # there, never in exp.yaml's exp-1.
+    plain = _cfg(tmp_path, "loop.epochs=1", "data.num_train=64", "data.num_val=32")
+    train(plain, config_path="exp.yaml")
+    exp_second = train(plain, config_path="exp.yaml")
+    assert exp_second.run_dir.name == "exp-1"
+    with pytest.raises(FileNotFoundError, match=r"no run 'exp-1' to resume: .*exp-1 holds run 'exp'"):
+        run_module._run_dir(plain, "exp-1.yaml", resume=True)
+    mine = train(plain, config_path="exp-1.yaml")
+    assert mine.run_dir.name == "exp-1-1" and run_module._run_dir(plain, "exp-1.yaml", resume=True) == mine.run_dir
 
 
 def test_evaluation_of_no_image_is_an_error_not_zero_accuracy():

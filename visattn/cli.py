@@ -6,7 +6,7 @@ import argparse
 import inspect
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,28 @@ def _first_doc_line(obj: object) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
+def _user_errors(command: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Decorate a subcommand so that a bad argument or file ends in ``visattn <command>: <message>`` and exit
+    status 2, not a traceback (an exit status 1 stays free for a command's own failure, e.g. maps that differ)."""
+    def wrap(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            from safetensors import SafetensorError
+
+            from .training.config_loader import ConfigError
+            from .training.loop import TrainingDiverged
+
+            try:
+                return handler(args)
+            except ConfigError as err:
+                print(f"visattn {command}: config error: {err}", file=sys.stderr)
+            except (ValueError, OSError, TrainingDiverged, SafetensorError) as err:
+                print(f"visattn {command}: {err}", file=sys.stderr)
+            return 2
+        return run
+    return wrap
+
+
+@_user_errors("blocks")
 def _cmd_blocks(args: argparse.Namespace) -> int:
     import torch
 
@@ -43,28 +65,30 @@ def _cmd_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors("train")
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.config import load_train_config
-    from .training.config_loader import ConfigError
-    from .training.run import train
+    from .training.config_loader import format_override
+    from .training.run import recorded_run_name, train
 
     overrides = [*args.overrides, *(args.set or [])]
     resume = args.resume if args.resume is not None else False
     if isinstance(resume, str) and re.match(r"[A-Za-z_][\w.]*=", resume) and not Path(resume).exists():
         # `--resume loop.epochs=20`: argparse handed the override to --resume's optional PATH.
         overrides, resume = [resume, *overrides], True
-    try:
-        cfg = load_train_config(args.config, overrides)
-    except ConfigError as err:
-        print(f"visattn train: config error: {err}", file=sys.stderr)
-        return 2
-    try:
-        train(cfg, config_path=args.config, resume=resume)
-    except FileNotFoundError as err:
-        if not resume:
-            raise
-        print(f"visattn train: {err}", file=sys.stderr)
-        return 2
+    config, config_path = args.config, args.config
+    if config is None and isinstance(resume, str):
+        # `--resume runs/x`: the run folder's own config.yaml, not the defaults, rebuilds the model it checkpointed,
+        # and the run keeps the name it recorded there.
+        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        if (folder / "config.yaml").is_file():
+            config = str(folder / "config.yaml")
+            recorded = recorded_run_name(folder)
+            if recorded:
+                overrides = [format_override("checkpoint.run_name", recorded), *overrides]
+            print(f"resume: using {config}")
+    cfg = load_train_config(config, overrides)
+    train(cfg, config_path=config_path, resume=resume)
     return 0
 
 
@@ -99,6 +123,9 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     if not args.images and not args.samples:
         print("visattn overlay: give image files / folders / globs, or --samples N for validation images",
               file=sys.stderr)
+        return 2
+    if args.samples < 0:
+        print(f"visattn overlay: --samples must be >= 0, got {args.samples}", file=sys.stderr)
         return 2
     try:
         methods = [canonical_cam_name(m) for m in _split(args.methods)]
@@ -142,6 +169,7 @@ def _cmd_evaluate_cams(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors("bench blocks")
 def _cmd_bench_blocks(args: argparse.Namespace) -> int:
     from .bench.blocks import run_block_benchmark
 
@@ -150,6 +178,7 @@ def _cmd_bench_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors("bench train")
 def _cmd_bench_train(args: argparse.Namespace) -> int:
     from .bench.train import run_train_benchmark
 
@@ -241,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_blocks.set_defaults(func=_cmd_bench_blocks)
     bench_cams = bench_sub.add_parser("cams", help="our CAMs vs pytorch-grad-cam: map agreement (1e-4) and img/s")
     add_cam_bench_arguments(bench_cams)
-    bench_cams.set_defaults(func=run_cam_bench)
+    bench_cams.set_defaults(func=_user_errors("bench cams")(run_cam_bench))
     bench_train = bench_sub.add_parser("train", help="training throughput of ResNet-18 without and with each block")
     bench_train.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
     bench_train.add_argument("--batch-size", type=int, default=128)

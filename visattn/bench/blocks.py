@@ -252,6 +252,10 @@ def run_block_benchmark(
 ) -> list[dict[str, object]]:
     """Run every case (or those named in ``only``) and print the table; returns the rows as dicts."""
     check_device(device)
+    names = [case.name for case in cases(quick)]
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise ValueError(f"only names unknown rows {unknown}; valid: {', '.join(dict.fromkeys(names))}")
     repeats, warmup = (2, 1) if quick else (15, 3)
     threads = torch.get_num_threads()
     printer(f"visattn block benchmark on {device} (torch {torch.__version__}, {threads} threads"

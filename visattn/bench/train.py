@@ -54,6 +54,9 @@ def run_train_benchmark(
     this whole process that stays after the call.
     """
     check_device(device)
+    for arg, value, minimum in (("steps", steps, 1), ("warmup", warmup, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{arg} must be an int >= {minimum}, got {value!r}")
     if amp not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
     malloc = "default"

@@ -32,14 +32,14 @@ from ..utils import count_params
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights, unwrap_model
 from .config import TrainConfig
 from .config_loader import read_yaml, save_config
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .distributed import DistInfo, barrier, broadcast_buffers, cleanup, init_distributed
 from .loop import EpochStats, Schedule, evaluate, train_one_epoch
 from .model import build_model
 from .optim import build_optimizer
 from .reporting import append_metrics, plot_curves, read_metrics, summary_table
 from .trained import load_trained, weights_metadata
 
-__all__ = ["RunResult", "train", "resolve_device"]
+__all__ = ["RunResult", "train", "resolve_device", "recorded_run_name"]
 
 
 @dataclass
@@ -134,10 +134,17 @@ def _run_dir(cfg: TrainConfig, config_path: str | Path | None, resume: bool) -> 
         # Numbered folders count only when their config.yaml says they are this run's (name-50 may be another
         # config's run named "name-50").
         numbered = re.compile(re.escape(base.name) + r"-\d+")
-        runs = [base, *(p for p in base.parent.glob(f"{glob.escape(base.name)}-*")
-                        if numbered.fullmatch(p.name) and _recorded_run_name(p) == name)]
+        # The base folder too may be another config's numbered run (exp-1 of exp.yaml, when exp-1.yaml resumes).
+        own_base = [base] if recorded_run_name(base) in (name, None) else []
+        runs = [*own_base, *(p for p in base.parent.glob(f"{glob.escape(base.name)}-*")
+                             if numbered.fullmatch(p.name) and recorded_run_name(p) == name)]
         saved = [p for p in runs if (p / "last.safetensors").is_file()]
-        return max(saved, key=lambda p: (p / "last.safetensors").stat().st_mtime_ns) if saved else base
+        if saved:
+            return max(saved, key=lambda p: (p / "last.safetensors").stat().st_mtime_ns)
+        if not own_base:
+            raise FileNotFoundError(f"no run {name!r} to resume: {base} holds run {recorded_run_name(base)!r}; "
+                                    f"pass --resume PATH to continue that one")
+        return base
     if not base.exists():
         return base
     for i in range(1, 10_000):  # never write over an earlier run
@@ -147,7 +154,7 @@ def _run_dir(cfg: TrainConfig, config_path: str | Path | None, resume: bool) -> 
     raise RuntimeError(f"too many runs named {name!r} in {cfg.checkpoint.output_dir}")
 
 
-def _recorded_run_name(run_dir: Path) -> str | None:
+def recorded_run_name(run_dir: Path) -> str | None:
     """The run name a run folder's config.yaml records (``_meta.run_name``), if any."""
     try:
         meta = (read_yaml((run_dir / "config.yaml").read_text()) or {}).get("_meta") or {}
@@ -341,6 +348,7 @@ def _saved_best_accuracy(path: Path) -> float:
 
 def _evaluate(model: torch.nn.Module, dataset: Any, cfg: TrainConfig, info: DistInfo, device: torch.device
               ) -> EpochStats:
+    broadcast_buffers(model, info)  # every rank evaluates the model rank 0 saves
     loader = _loader(dataset, cfg, False, info, cfg.loop.seed)
     return evaluate(model, loader, device=device, amp=cfg.loop.amp, channels_last=cfg.loop.channels_last,
                     info=info, progress=cfg.loop.progress, on_corrupt=cfg.data.on_corrupt)
