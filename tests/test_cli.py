@@ -46,7 +46,7 @@ def test_train_resume_of_a_missing_checkpoint_is_a_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # ~30 s: ROAD's imputation solves dominate
+@pytest.mark.slow  # several seconds: ROAD's imputation solves dominate
 def test_evaluate_cams_on_the_shipped_weights_with_two_tolerances(tmp_path, capsys):
     import json
     from pathlib import Path
