@@ -52,8 +52,9 @@ def test_evaluate_cams_on_the_shipped_weights_with_two_tolerances(tmp_path, caps
     from pathlib import Path
 
     weights = Path(__file__).resolve().parents[1] / "weights" / "quickstart_resnet18_cbam_shapes.safetensors"
-    argv = ["evaluate-cams", str(weights), "--methods", "gradcam", "--num-images", "12", "--no-sanity",
-            "--tolerance", "0", "2", "--out", str(tmp_path), "--markdown"]
+    # --tolerance before the source: a comma list, so it cannot swallow the positional argument.
+    argv = ["evaluate-cams", "--tolerance", "0,2", str(weights), "--methods", "gradcam", "--num-images", "12",
+            "--no-sanity", "--out", str(tmp_path), "--markdown"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| pointing (0 px) ↑ | pointing (2 px) ↑ |" in out
@@ -62,8 +63,8 @@ def test_evaluate_cams_on_the_shipped_weights_with_two_tolerances(tmp_path, caps
     assert scores["pointing_game@2px"] >= scores["pointing_game"]  # a tolerance only adds hits
     assert data["pointing_baseline"]["pointing_game@2px"] >= data["pointing_baseline"]["pointing_game"]
     assert data["settings"]["tolerance"] == [0.0, 2.0] and data["better"]["pointing_game@2px"] == "higher"
-    assert main(["evaluate-cams", str(weights), "--methods", "gradcam", "--tolerance", "1", "1"]) == 2
-    assert "different ones" in capsys.readouterr().err
+    assert main(["evaluate-cams", str(weights), "--methods", "gradcam", "--tolerance", "1,1.0000001"]) == 2
+    assert "different ones" in capsys.readouterr().err  # both would be the column "1 px"
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -102,3 +102,8 @@ def test_gradients_of_gradients() -> None:
     expected = hessian_times(plain, direction)
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(hessian_times(ours, direction), expected)
+    # Only the max used, per-sample under vmap, and a Jacobian: the scatter into the gradient must be out of place.
+    per_sample = torch.func.vmap(torch.func.grad(lambda t: mean_max(t[None], 1)[1].square().sum()))(x.detach())
+    torch.testing.assert_close(per_sample, 2 * x.detach().amax(1, keepdim=True) * (x == x.amax(1, keepdim=True)))
+    jacobian = torch.func.jacrev(lambda t: mean_max(t, 1)[1].sum())(x.detach())
+    torch.testing.assert_close(jacobian, (x == x.amax(1, keepdim=True)).double())

@@ -141,6 +141,22 @@ def test_resume_of_a_run_folder_uses_its_config(tmp_path, capsys):
     assert "resume: using" in capsys.readouterr().out
     assert [r["epoch"] for r in _metrics(first.run_dir)] == [1, 2]
     assert run_module.recorded_run_name(first.run_dir) == "narrow"  # the run keeps its name
+    # Resumed once under another config's name, the folder is still narrow.yaml's to resume.
+    assert main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, "loop.epochs=3",
+                 "data.num_train=64", "data.num_val=32", "model.kwargs.channels=[8, 8, 8, 16]",
+                 "--resume", str(first.run_dir)]) == 0
+    assert run_module._run_dir(cfg, "narrow.yaml", resume=True) == first.run_dir
+    # A folder from before run names were recorded keeps its folder name.
+    config = first.run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("run_name: narrow", "run_name: null").replace(
+        "run_name: quickstart", "run_name: null"))
+    assert run_module.recorded_run_name(first.run_dir) is None
+    assert main(["train", "--resume", str(first.run_dir), "loop.epochs=4"]) == 0
+    assert run_module.recorded_run_name(first.run_dir) == "narrow"
+    config.unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(first.run_dir), "loop.epochs=5"]) == 2
+    assert "has no config.yaml to rebuild the run from; pass --config" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -33,10 +34,11 @@ def _user_errors(command: str) -> Callable[[Callable[[argparse.Namespace], int]]
 
             try:
                 return handler(args)
-            except ConfigError as err:
-                print(f"visattn {command}: config error: {err}", file=sys.stderr)
-            except (ValueError, OSError, TrainingDiverged, SafetensorError) as err:
-                print(f"visattn {command}: {err}", file=sys.stderr)
+            except (ConfigError, ValueError, OSError, TrainingDiverged, SafetensorError) as err:
+                if os.environ.get("VISATTN_DEBUG"):  # the traceback, for telling a bug from a bad argument
+                    raise
+                kind = "config error: " if isinstance(err, ConfigError) else ""
+                print(f"visattn {command}: {kind}{err} (VISATTN_DEBUG=1 shows the traceback)", file=sys.stderr)
             return 2
         return run
     return wrap
@@ -81,12 +83,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # `--resume runs/x`: the run folder's own config.yaml, not the defaults, rebuilds the model it checkpointed,
         # and the run keeps the name it recorded there.
         folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-        if (folder / "config.yaml").is_file():
-            config = str(folder / "config.yaml")
-            recorded = recorded_run_name(folder)
-            if recorded:
-                overrides = [format_override("checkpoint.run_name", recorded), *overrides]
-            print(f"resume: using {config}")
+        if not (folder / "config.yaml").is_file():
+            raise FileNotFoundError(f"{folder} has no config.yaml to rebuild the run from; pass --config")
+        config = str(folder / "config.yaml")
+        # Folders from before run names were recorded are named after their run.
+        name = recorded_run_name(folder) or folder.name
+        overrides = [format_override("checkpoint.run_name", name), *overrides]
+        print(f"resume: using {config}")
     cfg = load_train_config(config, overrides)
     train(cfg, config_path=config_path, resume=resume)
     return 0
@@ -101,6 +104,13 @@ def _load_trained(args: argparse.Namespace) -> TrainedModel:
 
     return load_trained(args.source, config=args.config, model_name=args.model, overrides=args.set or [],
                         device=args.device)
+
+
+def _tolerances(text: str) -> list[float]:
+    try:
+        return [float(v) for v in _split(text)] or [0.0]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected pixels such as 2 or 0,2, got {text!r}") from None
 
 
 def _queries(text: str) -> list[tuple[float, float]]:
@@ -248,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated CAM methods (default: all)")
     faith.add_argument("--num-images", type=int, default=200, help="validation images to score (default 200)")
     faith.add_argument("--out", "-o", default="faithfulness", help="output folder (default ./faithfulness)")
-    faith.add_argument("--tolerance", type=float, nargs="+", default=[0.0], metavar="PX",
-                       help="pointing-game tolerance in pixels, one pointing column each (Zhang et al. use 15 px at "
-                            "224 px, ~2 px at 32 px; e.g. --tolerance 0 2)")
+    faith.add_argument("--tolerance", type=_tolerances, default=[0.0], metavar="PX[,PX]",
+                       help="comma-separated pointing-game tolerances in pixels, one pointing column each (Zhang et "
+                            "al. use 15 px at 224 px, ~2 px at 32 px; e.g. --tolerance 0,2)")
     faith.add_argument("--no-sanity", action="store_true", help="skip the model-randomisation sanity check")
     faith.add_argument("--batch-size", type=int, default=64)
     faith.add_argument("--markdown", action="store_true", help="print the table as Markdown")

@@ -78,7 +78,11 @@ class _MeanMax(torch.autograd.Function):
         else:
             grad = (grad_mean * (1.0 / ctx.shape[ctx.dim])).expand(ctx.shape).contiguous()
         if grad_peak is not None:
-            grad.scatter_add_(ctx.dim, index, grad_peak.to(grad.dtype))
+            peak = grad_peak.to(grad.dtype)
+            # In place when training (backward runs without grad mode); out of place when this backward is itself
+            # differentiated (create_graph, torch.func), where vmap cannot scatter batched values into `grad`.
+            grad = (grad.scatter_add(ctx.dim, index, peak) if torch.is_grad_enabled()
+                    else grad.scatter_add_(ctx.dim, index, peak))
         return grad, None
 
 

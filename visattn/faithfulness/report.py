@@ -334,8 +334,8 @@ def evaluate_faithfulness(
     finally:
         bar.close()
     settings = {"steps": steps, "percentiles": list(percentiles), "deletion_baseline": _setting(deletion_baseline),
-                "insertion_baseline": "blur", "seed": seed, "sanity": sanity,
-                "tolerance": tolerances[0] if len(tolerances) == 1 else list(tolerances)}
+                "insertion_baseline": "blur", "tolerance": tolerances[0] if len(tolerances) == 1 else list(tolerances),
+                "seed": seed, "sanity": sanity}
     baselines = {} if masks is None else {t: centre_baseline(masks, tolerance=t, on_empty="exclude")
                                           for t in tolerances}
     report = FaithfulnessReport(methods=results, n_images=images.shape[0], settings=settings,
@@ -351,7 +351,8 @@ def _setting(value: object) -> object:
 
 def _tolerances(tolerance: float | Sequence[float]) -> tuple[float, ...]:
     values = (tolerance,) if isinstance(tolerance, (int, float)) else tuple(tolerance)
-    if not values or len(set(values)) != len(values):
+    labels = [f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in values]
+    if not values or len(set(labels)) != len(labels):  # the columns and keys are named by the :g form
         raise ValueError(f"tolerance must be a number of pixels or a non-empty list of different ones, got "
                          f"{tolerance!r}")
     return values  # each is checked by pointing_game

@@ -86,7 +86,8 @@ def load_weights(
     own = model.state_dict()
     if own and all(k.startswith("module.") for k in own):  # a DataParallel / DDP wrapper saved or loaded as a whole
         state = {f"module.{k}": v for k, v in state.items()}
-        allow_missing = tuple(f"module.{p}" for p in allow_missing)  # given for the wrapped model's own names
+        # Given for the wrapped model's names ('fc.') or, as before, for the wrapper's ('module.fc.').
+        allow_missing = tuple(p if p.startswith("module.") else f"module.{p}" for p in allow_missing)
     may_be_missing = tuple(f"{name}." for name, m in model.named_modules()
                            if name and (is_block(m) or is_injected(m))) + allow_missing
     # A new head under allow_missing (('fc.',) for another class count): the checkpoint's differently shaped tensors

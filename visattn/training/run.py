@@ -134,8 +134,12 @@ def _run_dir(cfg: TrainConfig, config_path: str | Path | None, resume: bool) -> 
         # Numbered folders count only when their config.yaml says they are this run's (name-50 may be another
         # config's run named "name-50").
         numbered = re.compile(re.escape(base.name) + r"-\d+")
-        # The base folder too may be another config's numbered run (exp-1 of exp.yaml, when exp-1.yaml resumes).
-        own_base = [base] if recorded_run_name(base) in (name, None) else []
+        # The base folder too may be another config's numbered run: exp.yaml's second run "exp-1", when exp-1.yaml
+        # resumes. Only that is refused; a folder last resumed under another config's name is still this one's.
+        recorded = recorded_run_name(base)
+        taken = recorded is not None and recorded != name and re.fullmatch(
+            re.escape(Path(recorded).name) + r"-\d+", base.name) is not None
+        own_base = [] if taken else [base]
         runs = [*own_base, *(p for p in base.parent.glob(f"{glob.escape(base.name)}-*")
                              if numbered.fullmatch(p.name) and recorded_run_name(p) == name)]
         saved = [p for p in runs if (p / "last.safetensors").is_file()]
