@@ -30,6 +30,7 @@ from visattn.cam import create_cam
 from visattn.data.synthetic import CLASSES, ShapesDataset
 from visattn.faithfulness import pointing_game
 from visattn.faithfulness.cams import validation_batch
+from visattn.faithfulness.perturbation import compute_maps
 from visattn.training.trained import TrainedModel, load_trained
 
 
@@ -64,9 +65,8 @@ def cam_maps(trained: TrainedModel, methods: list[str], layers: list[str], count
     trained.model.eval()
     maps = {}
     for method in methods:
-        cam = create_cam(method, trained.model, layers)
-        maps[method] = torch.cat([cam(images[i:i + 100], labels[i:i + 100]) for i in range(0, len(images), 100)])
-        cam.close()
+        with create_cam(method, trained.model, layers) as cam:  # hooks removed on exit
+            maps[method] = compute_maps(cam, images, labels, batch_size=100)
     return maps
 
 
