@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from ..training.config import DataConfig
 from .cifar import load_cifar
 from .folder import DECODE_ERRORS, ImageFileDataset, read_rgb, scan_image_folder, scan_tiny_imagenet_val
+from .memory import decode_all, holdout_indices
 from .synthetic import ShapesDataset
 from .transforms import build_transform
 
@@ -21,14 +22,20 @@ __all__ = ["ArrayDataset", "DataBundle", "build_datasets"]
 
 
 class ArrayDataset(Dataset):
-    """In-memory ``(N, H, W, 3)`` uint8 images with labels, through an albumentations transform."""
+    """In-memory ``(H, W, 3)`` uint8 images (one array, or a list of them) with labels, through a transform.
 
-    def __init__(self, images: np.ndarray, targets: list[int], classes: list[str],
-                 transform: Callable[..., dict[str, Any]] | None = None) -> None:
+    ``names`` label the images in overlays and reports (file paths for a decoded folder); default ``val_0000``...
+    """
+
+    def __init__(self, images: np.ndarray | Sequence[np.ndarray], targets: list[int], classes: Sequence[str],
+                 transform: Callable[..., dict[str, Any]] | None = None, names: Sequence[str] | None = None) -> None:
+        if names is not None and len(names) != len(targets):
+            raise ValueError(f"names has {len(names)} entries for {len(targets)} images")
         self.images = images
         self.targets = targets
         self.classes = tuple(classes)
         self.transform = transform
+        self.names = list(names) if names is not None else None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -39,6 +46,10 @@ class ArrayDataset(Dataset):
             image = self.transform(image=image)["image"]
         return image, self.targets[index]
 
+    def name(self, index: int) -> str:
+        """How image ``index`` is labelled in overlays."""
+        return self.names[index] if self.names is not None else f"val_{index:04d}"
+
 
 def raw_images(dataset: Dataset, count: int) -> list[tuple[str, np.ndarray]]:
     """The first ``count`` images of a data set as ``(name, RGB uint8)``, before any transform (for overlays)."""
@@ -46,7 +57,7 @@ def raw_images(dataset: Dataset, count: int) -> list[tuple[str, np.ndarray]]:
     if isinstance(dataset, ShapesDataset):
         return [(f"val_{i:04d}", dataset.sample(i).image) for i in range(count)]
     if isinstance(dataset, ArrayDataset):
-        return [(f"val_{i:04d}", dataset.images[i]) for i in range(count)]
+        return [(dataset.name(i), dataset.images[i]) for i in range(count)]
     if isinstance(dataset, ImageFileDataset):
         images = []
         for path, _ in dataset.samples[:count]:
@@ -65,6 +76,7 @@ class DataBundle:
     train: Dataset
     val: Dataset
     classes: tuple[str, ...]
+    test: Dataset | None = None  # with data.val_split: the data set's own val / test split, scored at the end
 
     @property
     def num_classes(self) -> int:
@@ -85,14 +97,56 @@ def _subset(n: int | None, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(size)[:n])
 
 
+class _Source:
+    """One split's images before any transform: file samples or decoded arrays, and a way to make data sets."""
+
+    def __init__(self, targets: list[int], classes: Sequence[str], *, samples: list[tuple[str, int]] | None = None,
+                 images: np.ndarray | list[np.ndarray] | None = None, names: list[str] | None = None) -> None:
+        self.targets, self.classes, self.samples, self.images, self.names = targets, classes, samples, images, names
+
+    def take(self, indices: np.ndarray | None, transform: Callable[..., dict[str, Any]]) -> Dataset:
+        """The data set of the samples at ``indices`` (all with None) through ``transform``."""
+        keep = np.arange(len(self.targets)) if indices is None else indices
+        if self.samples is not None:
+            return ImageFileDataset([self.samples[i] for i in keep], self.classes, transform)
+        assert self.images is not None
+        images = self.images[keep] if isinstance(self.images, np.ndarray) else [self.images[i] for i in keep]
+        names = [self.names[i] for i in keep] if self.names is not None else None
+        return ArrayDataset(images, [self.targets[i] for i in keep], self.classes, transform, names)
+
+
+def _file_source(samples: list[tuple[str, int]], classes: Sequence[str], cfg: DataConfig) -> _Source:
+    if not cfg.in_memory:
+        return _Source([label for _, label in samples], classes, samples=samples)
+    paths = [path for path, _ in samples]
+    images, kept = decode_all(paths, on_corrupt=cfg.on_corrupt)
+    return _Source([samples[i][1] for i in kept], classes, images=images, names=[paths[i] for i in kept])
+
+
+def _bundle(cfg: DataConfig, train: _Source, evaluation: _Source, native_size: int | None) -> DataBundle:
+    """Train and val sets, with ``data.val_split`` held out of ``train`` (then ``evaluation`` is the test set)."""
+    train_tf = build_transform(cfg, train=True, native_size=native_size)
+    eval_tf = build_transform(cfg, train=False, native_size=native_size)
+    classes = tuple(train.classes)
+    if cfg.val_split is None:
+        return DataBundle(train.take(None, train_tf), evaluation.take(None, eval_tf), classes)
+    kept, held_out = holdout_indices(train.targets, cfg.val_split, cfg.seed)
+    return DataBundle(train.take(kept, train_tf), train.take(held_out, eval_tf), classes,
+                      test=evaluation.take(None, eval_tf))
+
+
 def build_datasets(cfg: DataConfig) -> DataBundle:
-    """Train and validation sets for ``cfg``, each with its albumentations pipeline attached.
+    """Train and validation (and with ``data.val_split``, test) sets for ``cfg``, each with its albumentations
+    pipeline attached.
 
     Raises:
         FileNotFoundError: the data is not where ``cfg`` says; the message says what was expected there.
         ValueError: inconsistent data options.
     """
     if cfg.name == "shapes":
+        if cfg.val_split is not None:
+            raise ValueError("data.val_split applies to cifar10, cifar100 and imagefolder; the shapes data draws its "
+                             "own validation set (data.num_val)")
         train = ShapesDataset("train", num_samples=cfg.num_train, image_size=cfg.image_size, seed=cfg.seed,
                               transform=build_transform(cfg, train=True, native_size=cfg.image_size))
         val = ShapesDataset("val", num_samples=cfg.num_val, image_size=cfg.image_size, seed=cfg.seed,
@@ -105,9 +159,8 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
         for split, n in (("train", cfg.num_train), ("test", cfg.num_val)):
             images, labels, classes = load_cifar(cfg.name, root, split, download=cfg.download)
             keep = _subset(n, len(labels), cfg.seed)
-            splits[split] = ArrayDataset(images[keep], [labels[i] for i in keep], classes,
-                                         build_transform(cfg, train=split == "train", native_size=32))
-        return DataBundle(splits["train"], splits["test"], splits["train"].classes)
+            splits[split] = _Source([labels[i] for i in keep], classes, images=images[keep])
+        return _bundle(cfg, splits["train"], splits["test"], native_size=32)
 
     # imagefolder
     root = _require_root(cfg)
@@ -135,8 +188,5 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
             raise ValueError(f"data.val_root classes differ from data.root's: {val_classes[:5]} vs {classes[:5]}")
     train_samples = [train_samples[i] for i in _subset(cfg.num_train, len(train_samples), cfg.seed)]
     val_samples = [val_samples[i] for i in _subset(cfg.num_val, len(val_samples), cfg.seed)]
-    return DataBundle(
-        ImageFileDataset(train_samples, classes, build_transform(cfg, train=True)),
-        ImageFileDataset(val_samples, classes, build_transform(cfg, train=False)),
-        tuple(classes),
-    )
+    return _bundle(cfg, _file_source(train_samples, classes, cfg), _file_source(val_samples, classes, cfg),
+                   native_size=None)

@@ -75,7 +75,7 @@ def _preset(cfg: DataConfig, train: bool, native_size: int | None) -> list[A.Bas
     if cfg.augment == "none" or not train:
         return resize
     # CIFAR recipe: 4-pixel reflect-pad + random crop, flip, one 1/4-size cutout hole (DeVries & Taylor 2017).
-    pad = max(1, s // 8)
+    pad = cfg.crop_padding if cfg.crop_padding is not None else max(1, s // 8)
     hole = max(1, s // 4)
     steps = resize + [
         A.PadIfNeeded(min_height=s + 2 * pad, min_width=s + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
