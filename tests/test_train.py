@@ -179,7 +179,7 @@ def test_ddp_two_gloo_processes(tmp_path):
 
     trained = load_trained(tmp_path / "quickstart")
     alone = run_module._evaluate(trained.model, build_datasets(trained.config.data).val, trained.config, DistInfo(),
-                                 torch.device("cpu"))
+                                 torch.device("cpu"), "none")
     assert alone.loss == pytest.approx(records[0]["val_loss"], rel=1e-5)
 
 

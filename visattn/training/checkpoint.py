@@ -25,7 +25,7 @@ from torch import nn
 
 from ..files import atomic_write
 
-__all__ = ["save_weights", "save_checkpoint", "load_checkpoint", "unwrap_model"]
+__all__ = ["save_weights", "save_checkpoint", "load_checkpoint", "checkpoint_progress", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -128,6 +128,19 @@ def save_checkpoint(
     if scaler is not None:
         meta["scaler"] = json.dumps(scaler.state_dict())  # a few floats and ints (empty when disabled)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def checkpoint_progress(path: str | Path) -> dict[str, Any]:
+    """The ``progress`` dict of a checkpoint (epoch, step, ...), read from its header alone.
+
+    Raises:
+        ValueError: if the file is not a visattn training checkpoint.
+    """
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "progress" not in meta:
+        raise ValueError(f"{path} is not a visattn training checkpoint (no 'progress' metadata)")
+    return json.loads(meta["progress"])
 
 
 def load_checkpoint(

@@ -7,6 +7,7 @@ validation accuracy), ``curves.png`` and ``summary.json``. Only rank 0 writes.
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import math
@@ -15,6 +16,7 @@ import re
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +26,21 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, get_worker_info
 
+from ..bench.allocator import reuse_large_allocations
 from ..cam.layers import resolve_layers
-from ..data.datasets import build_datasets, raw_images
+from ..data.datasets import DataBundle, build_datasets, raw_images
 from ..data.folder import collate_skipping
 from ..files import atomic_write_text
 from ..utils import count_params
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights, unwrap_model
 from .config import TrainConfig
 from .config_loader import read_yaml, save_config
-from .distributed import DistInfo, barrier, broadcast_buffers, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
+from .lock import RunLock
 from .loop import EpochStats, Schedule, evaluate, train_one_epoch
 from .model import build_model
 from .optim import build_optimizer
+from .precision import resolve_amp
 from .reporting import append_metrics, plot_curves, read_metrics, summary_table
 from .trained import load_trained, weights_metadata
 
@@ -51,6 +56,7 @@ class RunResult:
     last_accuracy: float
     epochs: int
     seconds: float
+    test_accuracy: float | None = None  # with data.val_split: the last epoch's weights on the test split
 
 
 def resolve_device(name: str) -> torch.device:
@@ -167,7 +173,8 @@ def recorded_run_name(run_dir: Path) -> str | None:
     return meta.get("run_name") if isinstance(meta, dict) else None
 
 
-def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: str | Path | bool = False
+def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: str | Path | bool = False,
+          run_dir: str | Path | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None
           ) -> RunResult:
     """Run the training described by ``cfg``.
 
@@ -175,13 +182,17 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
         cfg: the resolved config.
         config_path: the YAML file it came from (names the run folder).
         resume: False; True to continue the run folder this config names; or a run folder / checkpoint path.
+        run_dir: use exactly this run folder instead of one named after the config (``resume=True`` continues it).
+        on_epoch: called on rank 0 with each epoch's metrics record, after it is written.
 
     Returns:
-        The run folder and its best/last validation accuracy.
+        The run folder, its best/last validation accuracy and, with ``data.val_split``, its test accuracy.
 
     Raises:
         TrainingDiverged: NaN/inf loss; the last good checkpoint stays in the run folder.
         FileNotFoundError: ``resume`` names no checkpoint.
+        FileExistsError: ``run_dir`` holds a checkpoint and ``resume`` is False.
+        RunInUse: another process is training in the run folder.
     """
     from .. import __version__
 
@@ -191,8 +202,10 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     if cfg.loop.amp == "fp16" and device.type != "cuda":
-        raise ValueError("loop.amp='fp16' needs CUDA; use 'bf16' or 'none' on CPU")
+        raise ValueError("loop.amp='fp16' needs CUDA; use 'auto', 'bf16' or 'none' on CPU")
     _seed_everything(cfg.loop.seed, cfg.loop.deterministic)
+    if cfg.loop.reuse_allocations and device.type == "cpu":
+        reuse_large_allocations()
 
     # data
     data = build_datasets(cfg.data)
@@ -204,6 +217,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     model.to(device)
     if cfg.loop.channels_last:
         model.to(memory_format=torch.channels_last)
+    amp = _resolve_amp(cfg, model, device, info)
     ema = None
     if cfg.loop.ema_decay is not None:
         from timm.utils import ModelEmaV3
@@ -218,7 +232,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
 
     # optimisation
     optimizer = build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler("cuda") if cfg.loop.amp == "fp16" else None
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     steps_per_epoch = math.ceil(len(data.train) / info.world_size) // cfg.data.batch_size  # per rank, drop_last
     if steps_per_epoch == 0:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} x {info.world_size} process(es) exceeds the "
@@ -227,13 +241,35 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
                         warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch), optim=cfg.optim)
 
     # checkpointing: where, and from where
-    run_dir = _run_dir(cfg, config_path, resume=resume is True)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if not resume and (run_dir / "last.safetensors").exists():
+            raise FileExistsError(f"{run_dir} holds a run already; resume it or choose another folder")
+        resume = run_dir if resume else False
+    else:
+        run_dir = _run_dir(cfg, config_path, resume=resume is True)
     resume_file: Path | None = None
     if resume:
         resume_file = run_dir / "last.safetensors" if resume is True else Path(resume)
         if resume_file.is_dir():
             resume_file = resume_file / "last.safetensors"
         run_dir = resume_file.parent
+    lock = RunLock(run_dir)
+    if info.is_main:
+        lock.acquire()  # before reading the checkpoint: a live run may be about to replace it
+    try:
+        return _train_in(run_dir, resume_file, cfg, config_path, data, model, inject_report, train_model, ema,
+                         optimizer, scaler, schedule, amp, device, info, on_epoch, __version__)
+    finally:
+        lock.release()
+
+
+def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, config_path: str | Path | None,
+              data: DataBundle, model: torch.nn.Module, inject_report: Any, train_model: torch.nn.Module,
+              ema: Any, optimizer: torch.optim.Optimizer, scaler: Any, schedule: Schedule, amp: str,
+              device: torch.device, info: DistInfo, on_epoch: Callable[[dict[str, Any]], None] | None,
+              version: str) -> RunResult:
+    """The part of ``train`` that runs inside the run folder's lock: resume, loop, checkpoints, test, summary."""
     start_epoch, step, best_acc, history = 0, 0, -1.0, []
     if resume_file is not None:
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
@@ -249,11 +285,13 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
         history = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch]
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml", extra={"visattn_version": __version__, "git_hash": _git_hash(),
+        save_config(cfg, run_dir / "config.yaml", extra={"visattn_version": version, "git_hash": _git_hash(),
                                                           "torch_version": str(torch.__version__),
                                                           "run_name": _run_name(cfg, config_path)})
         if resume_file is not None:  # drop lines of epochs after the checkpoint (an interrupted run's last words)
             atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        else:  # a fresh start in a given folder: lines of an attempt killed before its first checkpoint go
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         print(f"run folder: {run_dir}")
         if inject_report is not None:
             print(inject_report)
@@ -275,7 +313,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
                 loader.sampler.set_epoch(epoch)
             train_stats, step = train_one_epoch(
                 train_model, loader, optimizer, epoch=epoch, step=step, schedule=schedule, device=device,
-                amp=cfg.loop.amp, channels_last=cfg.loop.channels_last, scaler=scaler, ema=ema, info=info,
+                amp=amp, channels_last=cfg.loop.channels_last, scaler=scaler, ema=ema, info=info,
                 progress=cfg.loop.progress, on_corrupt=cfg.data.on_corrupt)
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                                       "train_loss": train_stats.loss, "train_acc": train_stats.accuracy,
@@ -283,11 +321,11 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
                                       "train_skipped": train_stats.skipped}
             last_epoch = epoch + 1 == cfg.loop.epochs
             if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
-                val = _evaluate(model, data.val, cfg, info, device)
+                val = _evaluate(model, data.val, cfg, info, device, amp)
                 record.update(val_loss=val.loss, val_acc=val.accuracy, val_skipped=val.skipped)
                 last_acc = val.accuracy
                 if ema is not None:
-                    ema_val = _evaluate(ema.module, data.val, cfg, info, device)
+                    ema_val = _evaluate(ema.module, data.val, cfg, info, device, amp)
                     record.update(ema_val_loss=ema_val.loss, ema_val_acc=ema_val.accuracy)
             record["seconds"] = earlier_seconds + time.perf_counter() - started
             history.append(record)
@@ -303,7 +341,10 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
                     save_checkpoint(run_dir / "last.safetensors", model=model, optimizer=optimizer, ema=ema,
                                     scaler=scaler,
                                     progress={"epoch": epoch + 1, "step": step, "best_accuracy": best_acc})
+                if on_epoch is not None:
+                    on_epoch(record)
             barrier(info)
+        test = _test(model, run_dir, data.test, cfg, info, device, amp) if data.test is not None else {}
     finally:
         if writer is not None:
             writer.close()
@@ -311,10 +352,11 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
 
     seconds = earlier_seconds + time.perf_counter() - started
     if info.is_main:
-        _finish(run_dir, cfg, history, model, best_acc, last_acc, seconds, _unreadable_files(history))
+        _finish(run_dir, cfg, history, model, best_acc, last_acc, seconds, _unreadable_files(history),
+                {"amp": amp, **test})
         if cfg.eval.overlays > 0 and (run_dir / "best.safetensors").is_file():
             _write_overlays(run_dir, cfg, data.val)
-    return RunResult(run_dir, best_acc, last_acc, len(history), seconds)
+    return RunResult(run_dir, best_acc, last_acc, len(history), seconds, test.get("test_acc"))
 
 
 def _write_overlays(run_dir: Path, cfg: TrainConfig, val: Any) -> None:
@@ -350,12 +392,45 @@ def _saved_best_accuracy(path: Path) -> float:
         return float(json.loads((f.metadata() or {}).get("val_acc", "-1")))
 
 
-def _evaluate(model: torch.nn.Module, dataset: Any, cfg: TrainConfig, info: DistInfo, device: torch.device
-              ) -> EpochStats:
+def _evaluate(model: torch.nn.Module, dataset: Any, cfg: TrainConfig, info: DistInfo, device: torch.device,
+              amp: str, desc: str = "eval") -> EpochStats:
     broadcast_buffers(model, info)  # every rank evaluates the model rank 0 saves
     loader = _loader(dataset, cfg, False, info, cfg.loop.seed)
-    return evaluate(model, loader, device=device, amp=cfg.loop.amp, channels_last=cfg.loop.channels_last,
-                    info=info, progress=cfg.loop.progress, on_corrupt=cfg.data.on_corrupt)
+    return evaluate(model, loader, device=device, amp=amp, channels_last=cfg.loop.channels_last,
+                    info=info, progress=cfg.loop.progress, desc=desc, on_corrupt=cfg.data.on_corrupt)
+
+
+def _resolve_amp(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, info: DistInfo) -> str:
+    """``loop.amp`` made concrete (``'auto'`` measured on a CPU); every rank takes rank 0's choice."""
+    in_chans = int(cfg.model.kwargs.get("in_chans", 3))
+    choice = resolve_amp(cfg.loop.amp, device, model, (in_chans, cfg.data.image_size, cfg.data.image_size),
+                         channels_last=cfg.loop.channels_last, batch_size=cfg.data.batch_size)
+    amp = choice.amp
+    if info.enabled and cfg.loop.amp == "auto" and device.type != "cuda":
+        options = ("none", "bf16")
+        votes = torch.zeros(len(options), device=device)
+        if info.is_main:
+            votes[options.index(amp)] = 1
+        amp = options[int(all_reduce_sum(votes, info).argmax())]
+    if info.is_main and cfg.loop.amp == "auto":
+        print(f"precision: {'float32' if amp == 'none' else amp} ({choice.reason})", flush=True)
+    return amp
+
+
+def _test(model: torch.nn.Module, run_dir: Path, dataset: Any, cfg: TrainConfig, info: DistInfo,
+          device: torch.device, amp: str) -> dict[str, float]:
+    """The test split's loss and accuracy with the last weights and with the best epoch's (by validation)."""
+    last = _evaluate(model, dataset, cfg, info, device, amp, desc="test")
+    out = {"test_acc": last.accuracy, "test_loss": last.loss}
+    barrier(info)  # rank 0 has written best.safetensors
+    best_file = run_dir / "best.safetensors"
+    if best_file.is_file():
+        from safetensors.torch import load_file
+
+        best = copy.deepcopy(unwrap_model(model))
+        best.load_state_dict(load_file(str(best_file), device=str(device)))
+        out["best_val_test_acc"] = _evaluate(best, dataset, cfg, info, device, amp, desc="test (best)").accuracy
+    return out
 
 
 def _report_epoch(record: dict[str, Any], epochs: int, writer: Any) -> None:
@@ -373,6 +448,10 @@ def _report_epoch(record: dict[str, Any], epochs: int, writer: Any) -> None:
                 writer.add_scalar(key, value, record["epoch"])
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _unreadable_files(history: list[dict[str, Any]]) -> int:
     """Unreadable images of the whole run, resumed parts included: each epoch reads every file once (but for a
     partial batch drop_last leaves out), so the most any epoch skipped in each split counts the files, not the reads."""
@@ -381,12 +460,14 @@ def _unreadable_files(history: list[dict[str, Any]]) -> int:
 
 
 def _finish(run_dir: Path, cfg: TrainConfig, history: list[dict[str, Any]], model: torch.nn.Module,
-            best_acc: float, last_acc: float, seconds: float, skipped: int) -> None:
+            best_acc: float, last_acc: float, seconds: float, skipped: int, extra: dict[str, Any]) -> None:
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}")
     summary = {"model": cfg.model.name, "data": cfg.data.name, "epochs": len(history),
                "best_val_acc": best_acc if best_acc >= 0 else None,
                "last_val_acc": last_acc if math.isfinite(last_acc) else None, "params": count_params(model),
-               "train_seconds": seconds, "skipped_images": skipped}
+               "train_seconds": seconds, "skipped_images": skipped,
+               "best_epoch": max(history, key=lambda r: r.get("val_acc", -1.0))["epoch"] if history else None,
+               "train_img_s": _mean([r["train_img_s"] for r in history]), **extra}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if skipped:
         warnings.warn(f"{skipped} unreadable images were skipped in every epoch (data.on_corrupt='skip'); the "
@@ -396,6 +477,9 @@ def _finish(run_dir: Path, cfg: TrainConfig, history: list[dict[str, Any]], mode
         ("data", f"{cfg.data.name}, {len(history)} epochs"),
         ("best val acc", f"{100 * best_acc:.2f}%"),
         ("last val acc", f"{100 * last_acc:.2f}%"),
+        *([("test acc", f"{100 * extra['test_acc']:.2f}% (last epoch), "
+                        f"{100 * extra.get('best_val_test_acc', math.nan):.2f}% (best val epoch)")]
+          if "test_acc" in extra else []),
         ("time", f"{seconds:.1f} s"),
         ("run folder", str(run_dir)),
         ("files", "config.yaml metrics.jsonl last.safetensors best.safetensors curves.png summary.json"),
