@@ -49,12 +49,24 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _cpu_attention_flops(query: torch.Size, key: torch.Size, value: torch.Size, *args: object,
+                         out_shape: object = None, **kwargs: object) -> int:
+    """FLOPs of softmax(Q K^T) V: two matmuls (torch's own table lacks the CPU flash kernel)."""
+    batch_heads, queries, keys = query[:-2].numel(), query[-2], key[-2]
+    return 2 * batch_heads * queries * keys * (query[-1] + value[-1])
+
+
+def _flop_table() -> dict[object, object]:
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return {op: _cpu_attention_flops} if op is not None else {}  # keyed by overload packet, as torch does
+
+
 def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
     """FLOPs of one forward pass as counted by ``torch.utils.flop_counter`` (convs, matmuls, attention), and its output.
 
     Element-wise work (pooling, gating, normalisation) is not counted, as in most papers' FLOP tables.
     """
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_flop_table()) as counter:
         out = model(x)
     return counter.get_total_flops(), out
 

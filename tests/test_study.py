@@ -1,0 +1,288 @@
+"""visattn study: the grid, its statistics, the report, and what survives kill -9 and a second process."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visattn.study import load_study_config, plan_runs, run_study
+from visattn.study.config import config_hash
+from visattn.study.runner import read_record
+from visattn.study.stats import mean_std, paired_difference, t_quantile_975
+from visattn.training.checkpoint import checkpoint_progress
+from visattn.training.config import load_train_config
+from visattn.training.config_loader import ConfigError
+
+# --- statistics ---------------------------------------------------------------------------------------------------
+
+
+def test_t_quantiles_match_the_table_and_approach_the_normal():
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(2) == 4.303 and t_quantile_975(30) == 2.042
+    assert t_quantile_975(31) < 2.042 and abs(t_quantile_975(120) - 1.980) < 2e-3  # tables give 1.980
+    assert abs(t_quantile_975(10_000) - 1.96) < 1e-3
+    with pytest.raises(ValueError, match="df must be >= 1"):
+        t_quantile_975(0)
+
+
+def test_mean_std_is_the_sample_std():
+    mean, std = mean_std([0.90, 0.92, 0.94])
+    assert mean == pytest.approx(0.92) and std == pytest.approx(0.02)
+    assert math.isnan(mean_std([0.5])[1]) and all(math.isnan(v) for v in mean_std([]))
+
+
+def test_paired_difference_by_hand():
+    base = {0: 0.900, 1: 0.910, 2: 0.905, 7: 0.5}  # seed 7 has no partner: left out
+    block = {0: 0.910, 1: 0.918, 2: 0.917}
+    diffs = [0.010, 0.008, 0.012]
+    d = paired_difference(block, base)
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 2)
+    half = 4.303 * sd / math.sqrt(3)
+    assert d.pairs == 3 and d.mean == pytest.approx(mean)
+    assert (d.low, d.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert not d.includes_zero and d.verdict == "better"
+    noisy = paired_difference({0: 0.91, 1: 0.89}, {0: 0.90, 1: 0.90})
+    assert noisy.includes_zero and "includes 0" in noisy.verdict
+    one = paired_difference({0: 0.91}, {0: 0.90})
+    assert one.pairs == 1 and one.low == -math.inf and one.verdict == "too few seeds"
+
+
+# --- a tiny grid on tiny data -------------------------------------------------------------------------------------
+
+
+def _colour_folder(root: Path, per_class: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for name, colour in (("blue", (30, 30, 200)), ("red", (200, 30, 30))):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(colour, 50, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+@pytest.fixture
+def tiny_study(tmp_path):
+    _colour_folder(tmp_path / "data" / "train", 20, seed=0)
+    _colour_folder(tmp_path / "data" / "test", 6, seed=1)
+    (tmp_path / "train.yaml").write_text(f"""
+data: {{name: imagefolder, root: {tmp_path / 'data' / 'train'}, val_root: {tmp_path / 'data' / 'test'},
+        in_memory: true, val_split: 8, image_size: 12, augment: crop_flip, batch_size: 8}}
+model: {{name: resnet18, small_input: true, kwargs: {{layers: [1, 1, 1, 1], channels: [8, 8, 8, 8], stem_width: 8}}}}
+optim: {{lr: 0.05, schedule: onecycle}}
+loop: {{epochs: 3, amp: none, deterministic: true}}
+""")
+    (tmp_path / "study.yaml").write_text(f"""
+train: train.yaml
+seeds: [0, 1]
+variants:
+  baseline: {{}}
+  se: {{model: {{name: resnet18_se}}}}
+runs_dir: {tmp_path / 'runs'}
+results_dir: {tmp_path / 'results'}
+""")
+    return tmp_path
+
+
+def test_plan_is_seed_major_with_variant_overrides(tiny_study):
+    study = load_study_config(tiny_study / "study.yaml")
+    runs = plan_runs(study, ["optim.lr=0.02"])
+    assert [r.name for r in runs] == ["baseline-seed0", "se-seed0", "baseline-seed1", "se-seed1"]
+    assert [r.config.model.name for r in runs] == ["resnet18", "resnet18_se"] * 2
+    assert [r.config.loop.seed for r in runs] == [0, 0, 1, 1]
+    assert all(r.config.optim.lr == 0.02 for r in runs)
+    assert runs[1].run_dir == tiny_study / "runs" / "se-seed0"
+    with pytest.raises(ConfigError, match=r"unknown variant\(s\) \['cbam'\]"):
+        plan_runs(study, variants=["cbam"])
+    study.variants["typo"] = {"optim.lrr": 0.1}
+    with pytest.raises(ConfigError, match=r"variant 'typo': unknown config key 'optim.lrr'; did you mean 'optim.lr'"):
+        plan_runs(study)
+
+
+def test_study_file_errors(tiny_study):
+    with pytest.raises(ConfigError, match="baseline 'plain' is not one of the variants"):
+        load_study_config(tiny_study / "study.yaml", ["baseline=plain"])
+    with pytest.raises(ConfigError, match="unknown config key 'seed'; did you mean 'seeds'"):
+        load_study_config(tiny_study / "study.yaml", ["seed=[1]"])
+    with pytest.raises(ConfigError, match="train: 'nope.yaml' names no file"):
+        load_study_config(tiny_study / "study.yaml", ["train=nope.yaml"])
+
+
+def test_config_hash_ignores_paths_but_not_what_is_computed(tiny_study):
+    cfg = load_train_config(tiny_study / "train.yaml")
+    moved = load_train_config(tiny_study / "train.yaml", ["data.root=/elsewhere", "checkpoint.output_dir=x",
+                                                          "loop.progress=false"])
+    longer = load_train_config(tiny_study / "train.yaml", ["loop.epochs=4"])
+    assert config_hash(cfg) == config_hash(moved) != config_hash(longer)
+
+
+def test_grid_trains_reports_and_skips_finished_runs(tiny_study):
+    study = load_study_config(tiny_study / "study.yaml")
+    result = run_study(study, stream=open(os.devnull, "w"))
+    assert result.complete and result.planned == 4 and not result.busy
+    record = read_record(tiny_study / "runs" / "se-seed1")
+    metrics = [json.loads(line) for line in (tiny_study / "runs" / "se-seed1" / "metrics.jsonl").read_text().split("\n")
+               if line]
+    assert record["epochs"] == 3 and [p["val_acc"] for p in record["curve"]] == [m["val_acc"] for m in metrics]
+    assert 0 <= record["test_acc"] <= 1 and record["flops"] > 0 and record["params"] > 0
+    assert record["config_hash"] == config_hash(plan_runs(study)[3].config)
+
+    summary = json.loads((tiny_study / "results" / "summary.json").read_text())
+    assert summary["finished"] == 4 and list(summary["variants"]) == ["baseline", "se"]
+    se = summary["variants"]["se"]
+    accs = {r["seed"]: r["test_acc"] for r in summary["records"] if r["variant"] == "se"}
+    base = {r["seed"]: r["test_acc"] for r in summary["records"] if r["variant"] == "baseline"}
+    assert se["test_acc_mean"] == pytest.approx(sum(accs.values()) / 2)
+    assert se["vs_baseline"]["mean"] == pytest.approx(sum(accs[s] - base[s] for s in (0, 1)) / 2)
+    assert se["params"] > summary["variants"]["baseline"]["params"]
+    markdown = (tiny_study / "results" / "summary.md").read_text()
+    assert "| se | 2 |" in markdown and "paired" in markdown
+    for name in ("accuracy_vs_cost.png", "curves.png"):
+        with Image.open(tiny_study / "results" / name) as image:
+            image.load()
+            assert image.size[0] > 500
+
+    stamps = {p: p.stat().st_mtime_ns for p in (tiny_study / "runs").rglob("*") if p.is_file()}
+    lines = []
+    again = run_study(study, stream=_Lines(lines))
+    assert again.complete and lines == []  # nothing trained, nothing said
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tiny_study / "runs").rglob("*") if p.is_file()}
+
+
+def test_a_run_made_with_another_config_is_refused(tiny_study):
+    study = load_study_config(tiny_study / "study.yaml")
+    run_study(study, variants=["baseline"], seeds=[0], stream=open(os.devnull, "w"))
+    with pytest.raises(ConfigError, match=r"baseline-seed0 was trained with another config"):
+        run_study(study, ["loop.epochs=4"], variants=["baseline"], seeds=[0], stream=open(os.devnull, "w"))
+
+
+class _Lines:
+    def __init__(self, lines):
+        self.lines = lines
+
+    def write(self, text):
+        if text.strip():
+            self.lines.append(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+# --- kill -9 and two processes ------------------------------------------------------------------------------------
+
+_STUDY_CMD = [sys.executable, "-m", "visattn", "study", "--config"]
+
+
+def _start(tiny_study, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([*_STUDY_CMD, str(tiny_study / "study.yaml"), *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _epochs(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_kill_9_then_restart_loses_nothing_and_matches_an_uninterrupted_study(tiny_study, tmp_path_factory):
+    # Longer runs, so that the kill lands mid-run.
+    (tiny_study / "train.yaml").write_text((tiny_study / "train.yaml").read_text().replace("epochs: 3", "epochs: 6"))
+    runs = tiny_study / "runs"
+    proc = _start(tiny_study)
+    deadline = time.time() + 120
+    while len(_epochs(runs / "se-seed0")) < 2:  # the first run finished, the second one half way
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = runs / "baseline-seed0"
+    finished = {p: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file()}
+    killed_at = checkpoint_progress(runs / "se-seed0" / "last.safetensors")["epoch"]  # the metrics may be 1 ahead
+    assert read_record(first) is not None and read_record(runs / "se-seed0") is None
+
+    out = subprocess.run([*_STUDY_CMD, str(tiny_study / "study.yaml")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert f"se-seed0: resuming after epoch {killed_at}" in out.stderr
+    assert "baseline-seed0" not in out.stderr  # finished: not touched
+    assert finished == {p: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file()}
+    assert _epochs(runs / "se-seed0") == [1, 2, 3, 4, 5, 6]  # every epoch once
+
+    # The same grid, never interrupted, gives the same numbers (deterministic CPU training resumes exactly).
+    clean = tmp_path_factory.mktemp("clean")
+    study = load_study_config(tiny_study / "study.yaml", [f"runs_dir={clean / 'runs'}",
+                                                          f"results_dir={clean / 'results'}"])
+    run_study(study, stream=open(os.devnull, "w"))
+    for name in ("baseline-seed0", "se-seed0", "se-seed1"):
+        resumed, fresh = read_record(runs / name), read_record(clean / "runs" / name)
+        assert resumed["test_acc"] == fresh["test_acc"]
+        assert [p["val_acc"] for p in resumed["curve"]] == [p["val_acc"] for p in fresh["curve"]]
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_grid_and_never_train_a_run_twice(tiny_study):
+    procs = [_start(tiny_study), _start(tiny_study)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    for run in ("baseline-seed0", "se-seed0", "baseline-seed1", "se-seed1"):
+        log = (tiny_study / "runs" / run / "train.log").read_text()
+        assert log.count("run folder:") == 1, (run, outputs)  # one training start per run
+        assert _epochs(tiny_study / "runs" / run) == [1, 2, 3]
+    trained = [sum(f"{run}: test top-1" in out for out in outputs) for run in ("baseline-seed0", "se-seed1")]
+    assert trained == [1, 1]
+    summary = json.loads((tiny_study / "results" / "summary.json").read_text())
+    assert summary["finished"] == 4  # the process that finished last wrote the whole grid
+
+
+# --- the shipped study on other data: only data: changes ----------------------------------------------------------
+
+STUDY = Path(__file__).resolve().parents[1] / "configs" / "study" / "cifar10_cpu.yaml"
+_TINY_NET = ["model.kwargs={layers: [1, 1, 1, 1], channels: [8, 8, 8, 8], stem_width: 8}", "loop.epochs=1",
+             "data.batch_size=4", "loop.amp=none"]
+
+
+def _one_run(tmp_path, data_overrides):
+    study = load_study_config(STUDY, [f"runs_dir={tmp_path / 'runs'}", f"results_dir={tmp_path / 'results'}"])
+    result = run_study(study, [*data_overrides, *_TINY_NET], variants=["baseline", "cbam"], seeds=[0],
+                       stream=open(os.devnull, "w"))
+    assert result.complete and len(result.records) == 2
+    return result.records
+
+
+def test_the_cifar10_study_runs_on_cifar100_by_changing_data_only(tmp_path):
+    from tests.test_data import _fake_cifar
+
+    _fake_cifar(tmp_path / "data", "cifar100", n_per_batch=24)
+    records = _one_run(tmp_path, ["data.name=cifar100", f"data.root={tmp_path / 'data'}", "data.val_split=4"])
+    assert all(0 <= r["test_acc"] <= 1 for r in records)
+
+
+def test_the_cifar10_study_runs_on_a_tiny_imagenet_layout_by_changing_data_only(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    rng = np.random.default_rng(0)
+    lines = []
+    for c, wnid in enumerate(("n01443537", "n01629819")):
+        (root / "train" / wnid / "images").mkdir(parents=True)
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+        for i in range(6):
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG")
+        (root / "val" / "images").mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            name = f"val_{2 * c + i}.JPEG"
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / name)
+            lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    records = _one_run(tmp_path, [f"data.root={root / 'train'}", f"data.val_root={root / 'val'}",
+                                  "data.image_size=64", "data.val_split=4"])
+    assert records[0]["flops"] > 0 and records[1]["params"] > records[0]["params"]

@@ -1,0 +1,176 @@
+"""A study's results for people: summary.json, summary.md, accuracy_vs_cost.png and curves.png.
+
+Every figure comes from the runs' records alone, so the committed ``summary.json`` can redraw the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..bench.machine import describe_machine
+from ..files import atomic_write, atomic_write_text
+from .stats import mean_std, paired_difference
+
+__all__ = ["aggregate", "write_report", "markdown_summary"]
+
+
+def aggregate(records: Sequence[dict[str, Any]], variants: Sequence[str], baseline: str) -> dict[str, dict[str, Any]]:
+    """Per variant: runs, test top-1 mean and std, costs, and the paired difference to ``baseline`` over seeds."""
+    base = {r["seed"]: r["test_acc"] for r in records if r["variant"] == baseline}
+    out: dict[str, dict[str, Any]] = {}
+    for name in variants:
+        rows = [r for r in records if r["variant"] == name]
+        if not rows:
+            continue
+        acc_mean, acc_std = mean_std([r["test_acc"] for r in rows])
+        minutes_mean, minutes_std = mean_std([r["train_seconds"] / 60 for r in rows])
+        entry: dict[str, Any] = {
+            "runs": len(rows),
+            "seeds": sorted(r["seed"] for r in rows),
+            "test_acc_mean": acc_mean,
+            "test_acc_std": acc_std,
+            "best_val_test_acc_mean": mean_std([r["best_val_test_acc"] for r in rows
+                                                if r.get("best_val_test_acc") is not None])[0],
+            "params": rows[0]["params"],
+            "flops": rows[0]["flops"],
+            "train_img_s_mean": mean_std([r["train_img_s"] for r in rows if r.get("train_img_s")])[0],
+            "train_minutes_mean": minutes_mean,
+            "train_minutes_std": minutes_std,
+        }
+        if name != baseline:
+            diff = paired_difference({r["seed"]: r["test_acc"] for r in rows}, base)
+            entry["vs_baseline"] = {"mean": diff.mean, "ci95_low": diff.low, "ci95_high": diff.high,
+                                    "pairs": diff.pairs, "includes_zero": diff.includes_zero,
+                                    "verdict": diff.verdict}
+        out[name] = entry
+    return out
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"
+
+
+def _signed_pct(value: float) -> str:
+    return "-inf" if value == -math.inf else "+inf" if value == math.inf else f"{100 * value:+.2f}"
+
+
+def markdown_summary(summary: dict[str, Any]) -> str:
+    """The table a person reads: mean +- std per variant, and each block's paired difference to the baseline."""
+    baseline = summary["baseline"]
+    lines = [f"# {summary['title']}", "",
+             f"{summary['finished']} of {summary['planned']} runs finished. Test top-1 is the last epoch's weights "
+             f"on the data set's own test split, which no run uses for any choice; the validation split held out of "
+             f"the training images picks nothing either (it only draws the curves). Machine: "
+             f"{describe_machine(summary['machine'])}.", "",
+             f"| variant | runs | test top-1 % (mean +- std) | vs {baseline}, paired (95 % CI) | params | MFLOPs "
+             f"| train img/s | minutes per run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, v in summary["variants"].items():
+        if name == baseline:
+            versus = "(baseline)"
+        else:
+            d = v["vs_baseline"]
+            interval = f"[{_signed_pct(d['ci95_low'])}, {_signed_pct(d['ci95_high'])}]"
+            versus = f"{_signed_pct(d['mean'])} {interval}: {d['verdict']}"
+        lines.append(f"| {name} | {v['runs']} | {_pct(v['test_acc_mean'])} +- {_pct(v['test_acc_std'])} | {versus} "
+                     f"| {v['params'] / 1e6:.2f}M | {v['flops'] / 1e6:.0f} | {v['train_img_s_mean']:.0f} "
+                     f"| {v['train_minutes_mean']:.1f} |")
+    lines += ["", "Differences are in percentage points, paired by seed (the runs of a seed share data order and "
+              "augmentations); the interval is mean +- t(0.975, n-1) x std / sqrt(n) over the pairs. An interval that "
+              "includes 0 means these seeds cannot tell the block from the baseline.", "",
+              "## Runs", "", "| variant | seed | test top-1 % | at best val epoch % | best epoch | epochs | minutes "
+              "| precision |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(summary["records"], key=lambda r: (list(summary["variants"]).index(r["variant"]), r["seed"])):
+        lines.append(f"| {r['variant']} | {r['seed']} | {_pct(r['test_acc'])} | {_pct(r.get('best_val_test_acc'))} "
+                     f"| {r.get('best_epoch')} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {r.get('amp')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(records: Sequence[dict[str, Any]], study: Any, *, planned: int, results_dir: Path) -> dict[str, Any]:
+    """Write summary.json, summary.md, accuracy_vs_cost.png and curves.png into ``results_dir``; returns the summary."""
+    order = [v for v in study.variants if any(r["variant"] == v for r in records)]
+    summary = {
+        "title": study.title,
+        "train_config": Path(study.train).as_posix(),
+        "baseline": study.baseline,
+        "planned": planned,
+        "finished": len(records),
+        "machine": records[-1]["machine"],
+        "variants": aggregate(records, order, study.baseline),
+        "records": list(records),
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(results_dir / "summary.md", markdown_summary(summary))
+    plot_accuracy_vs_cost(summary, results_dir / "accuracy_vs_cost.png")
+    plot_curves(summary, results_dir / "curves.png")
+    return summary
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_vs_cost(summary: dict[str, Any], path: Path) -> None:
+    """Test top-1 (mean +- std over seeds) against training minutes and against parameters, one point per variant."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for index, (name, v) in enumerate(summary["variants"].items()):
+        color = f"C{index}"
+        acc, acc_err = 100 * v["test_acc_mean"], 100 * _finite(v["test_acc_std"])
+        axes[0].errorbar(v["train_minutes_mean"], acc, xerr=_finite(v["train_minutes_std"]), yerr=acc_err, fmt="o",
+                         color=color, capsize=3, label=f"{name} (n={v['runs']})")
+        axes[1].errorbar(v["params"] / 1e6, acc, yerr=acc_err, fmt="o", color=color, capsize=3)
+        for ax, x in ((axes[0], v["train_minutes_mean"]), (axes[1], v["params"] / 1e6)):
+            ax.annotate(name, (x, acc), textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
+    axes[0].set(xlabel="training time per run (minutes)", ylabel="test top-1 (%)", title="accuracy vs time")
+    axes[1].set(xlabel="parameters (millions)", title="accuracy vs parameters")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{summary['title']}: mean +- std over seeds")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot_curves(summary: dict[str, Any], path: Path) -> None:
+    """Validation accuracy and training loss per epoch, one line per variant (mean over seeds, band = min..max)."""
+    plt = _pyplot()
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for index, name in enumerate(summary["variants"]):
+        curves = [r["curve"] for r in summary["records"] if r["variant"] == name]
+        for ax, key, scale in ((ax_acc, "val_acc", 100), (ax_loss, "train_loss", 1)):
+            by_epoch: dict[int, list[float]] = {}
+            for curve in curves:
+                for point in curve:
+                    if point.get(key) is not None:
+                        by_epoch.setdefault(point["epoch"], []).append(scale * point[key])
+            if not by_epoch:
+                continue
+            epochs = sorted(by_epoch)
+            ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], color=f"C{index}", label=name)
+            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+                            color=f"C{index}", alpha=0.15)
+    ax_acc.set(xlabel="epoch", ylabel="validation top-1 (%)", title="validation accuracy (held-out train split)")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{summary['title']}: learning curves, mean over seeds (band: min to max)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0

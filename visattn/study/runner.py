@@ -1,0 +1,240 @@
+"""Run a study's grid: each run trained once, resumed where it stopped, never by two processes at a time.
+
+A run is finished once its folder holds ``study_record.json`` (written atomically, last). Until then the run is
+continued from its ``last.safetensors``, written after every epoch, so a study killed at any point (``kill -9``
+included) loses at most the epoch in flight. Each run folder is locked while a process trains in it
+(``training.lock``): several study processes started on one grid share the work, each skipping the runs that another
+holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from tqdm import tqdm
+
+from ..bench.machine import machine_info
+from ..files import atomic_write_text
+from ..training.checkpoint import checkpoint_progress
+from ..training.config import TrainConfig
+from ..training.config_loader import ConfigError, load_config
+from ..training.lock import RunInUse, RunLock
+from ..training.reporting import read_metrics
+from ..training.run import train
+from ..training.trained import load_trained
+from ..utils import count_flops
+from .config import RunSpec, StudyConfig, config_hash, plan_runs
+from .report import write_report
+
+__all__ = ["RECORD_NAME", "StudyResult", "run_study", "read_record"]
+
+RECORD_NAME = "study_record.json"
+
+
+class StudyResult:
+    """What a call of ``run_study`` found and did."""
+
+    def __init__(self, records: list[dict[str, Any]], planned: int, busy: list[str], results_dir: Path) -> None:
+        self.records, self.planned, self.busy, self.results_dir = records, planned, busy, results_dir
+
+    @property
+    def complete(self) -> bool:
+        return len(self.records) == self.planned
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's record, or None while the run is unfinished."""
+    path = run_dir / RECORD_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def run_study(study: StudyConfig, train_overrides: Sequence[str] = (), *, variants: Sequence[str] | None = None,
+              seeds: Sequence[int] | None = None, train_runs: bool = True, stream: TextIO | None = None
+              ) -> StudyResult:
+    """Train every unfinished run of the grid, then write the study's summary from every finished run.
+
+    Args:
+        study: the study (``load_study_config``).
+        train_overrides: ``key=value`` overrides for every run's training config, e.g. ``data.root=...``.
+        variants: only these variants; seeds: only these seeds.
+        train_runs: False only writes the summary of the runs finished so far.
+        stream: where progress goes (default stderr).
+
+    Returns:
+        The finished runs' records, how many runs were planned, and those another process was training.
+
+    Raises:
+        ConfigError: a bad variant, or a run folder made with another config than the study now gives it.
+    """
+    stream = stream or sys.stderr
+    runs = plan_runs(study, [*train_overrides, "checkpoint.every=1"], variants=variants, seeds=seeds)
+    for spec in runs:
+        _check_unchanged(spec)
+    busy: list[str] = []
+    if train_runs:
+        busy = _train_all(runs, stream)
+    records = [r for r in (read_record(spec.run_dir) for spec in runs) if r is not None]
+    results_dir = Path(study.results_dir or study.runs_dir)
+    if records:
+        write_report(records, study, planned=len(runs), results_dir=results_dir)
+    return StudyResult(records, len(runs), busy, results_dir)
+
+
+def _check_unchanged(spec: RunSpec) -> None:
+    """Refuse to continue or count a run whose folder was made with another config (e.g. more epochs)."""
+    saved = spec.run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    before = config_hash(load_config(TrainConfig, saved))
+    now = config_hash(spec.config)
+    if before != now:
+        raise ConfigError(f"{spec.run_dir} was trained with another config (hash {before}, the study now gives "
+                          f"{now}); move that folder away, or point runs_dir elsewhere, to train it anew")
+
+
+def _train_all(runs: list[RunSpec], stream: TextIO) -> list[str]:
+    """Train the unfinished runs in order; returns the names of those another process holds."""
+    eta = _Eta(runs)
+    busy = []
+    for index, spec in enumerate(runs, start=1):
+        if read_record(spec.run_dir) is not None:
+            continue
+        lock = RunLock(spec.run_dir)
+        try:
+            lock.acquire()
+        except RunInUse:
+            busy.append(spec.name)
+            print(f"[{index}/{len(runs)}] {spec.name}: another process is training it; skipped", file=stream)
+            continue
+        try:
+            if read_record(spec.run_dir) is None:  # another process may have finished it meanwhile
+                eta.record(spec, _train_one(spec, f"[{index}/{len(runs)}]", eta, stream))
+        finally:
+            lock.release()
+    return busy
+
+
+def _train_one(spec: RunSpec, label: str, eta: _Eta, stream: TextIO) -> dict[str, Any]:
+    cfg = spec.config
+    resume = (spec.run_dir / "last.safetensors").is_file()
+    done = checkpoint_progress(spec.run_dir / "last.safetensors")["epoch"] if resume else 0
+    interactive = stream.isatty()
+    bar = tqdm(total=cfg.loop.epochs, initial=min(done, cfg.loop.epochs), desc=f"{label} {spec.name}",
+               file=stream, leave=True, dynamic_ncols=True, disable=not interactive, unit="epoch")
+    if not interactive:
+        print(f"{label} {spec.name}: " + (f"resuming after epoch {done}" if resume else "starting"), file=stream,
+              flush=True)
+    started = time.perf_counter()
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        eta.epoch_done(spec, record)
+        text = f"val {100 * record.get('val_acc', math.nan):.1f}% | study ETA {_duration(eta.remaining())}"
+        if interactive:
+            bar.update(1)
+            bar.set_postfix_str(text)
+        else:
+            print(f"{label} {spec.name}: epoch {record['epoch']}/{cfg.loop.epochs}, {text}", file=stream, flush=True)
+
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(spec.run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
+        train(cfg, run_dir=spec.run_dir, resume=resume, on_epoch=on_epoch)
+    bar.close()
+    record = _make_record(spec)
+    atomic_write_text(spec.run_dir / RECORD_NAME, json.dumps(record, indent=1) + "\n")
+    print(f"{label} {spec.name}: test top-1 {100 * record['test_acc']:.2f}% after {record['epochs']} epochs, "
+          f"{record['train_seconds'] / 60:.1f} min of training ({time.perf_counter() - started:.0f} s in this "
+          f"process)", file=stream, flush=True)
+    return record
+
+
+def _make_record(spec: RunSpec) -> dict[str, Any]:
+    """The study's view of a finished run: scores, costs, the curve, and what it ran on."""
+    summary = json.loads((spec.run_dir / "summary.json").read_text())
+    if summary.get("test_acc") is None:
+        raise ConfigError(f"{spec.run_dir}: the run has no test accuracy; a study needs data.val_split so that "
+                          f"the data set's own test split is scored once, at the end")
+    metrics = read_metrics(spec.run_dir / "metrics.jsonl")
+    trained = load_trained(spec.run_dir)
+    size = spec.config.data.image_size
+    in_chans = int(spec.config.model.kwargs.get("in_chans", 3))
+    with torch.no_grad():
+        flops, _ = count_flops(trained.model.eval(), torch.zeros(1, in_chans, size, size))
+    return {
+        "variant": spec.variant,
+        "seed": spec.seed,
+        "run_dir": str(spec.run_dir),
+        "test_acc": summary["test_acc"],
+        "best_val_test_acc": summary.get("best_val_test_acc"),
+        "best_epoch": summary.get("best_epoch"),
+        "epochs": summary["epochs"],
+        "best_val_acc": summary["best_val_acc"],
+        "last_val_acc": summary["last_val_acc"],
+        "params": summary["params"],
+        "flops": flops,
+        "train_img_s": summary.get("train_img_s"),
+        "train_seconds": summary["train_seconds"],
+        "amp": summary.get("amp"),
+        "config_hash": config_hash(spec.config),
+        "machine": machine_info(),
+        "curve": [{"epoch": r["epoch"], "val_acc": r.get("val_acc"), "train_loss": r["train_loss"],
+                   "seconds": r["seconds"]} for r in metrics],
+    }
+
+
+class _Eta:
+    """Time left in the grid: seconds per epoch, per variant where known, from finished runs and this process."""
+
+    def __init__(self, runs: list[RunSpec]) -> None:
+        self.runs = runs
+        self.per_epoch: dict[str, list[float]] = {}
+        self.done_epochs: dict[str, int] = {}
+        self.last_seconds: dict[str, float] = {}
+        for spec in runs:
+            record = read_record(spec.run_dir)
+            if record is not None:
+                self.record(spec, record)
+            else:
+                metrics = read_metrics(spec.run_dir / "metrics.jsonl")
+                self.done_epochs[spec.name] = len(metrics)
+                self.last_seconds[spec.name] = metrics[-1]["seconds"] if metrics else 0.0
+
+    def record(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        self.per_epoch.setdefault(spec.variant, []).append(record["train_seconds"] / max(record["epochs"], 1))
+        self.done_epochs[spec.name] = record["epochs"]
+
+    def epoch_done(self, spec: RunSpec, metrics: dict[str, Any]) -> None:
+        previous = self.last_seconds.get(spec.name, 0.0)  # a resumed run's clock starts at its earlier epochs' time
+        self.last_seconds[spec.name] = metrics["seconds"]
+        self.per_epoch.setdefault(spec.variant, []).append(metrics["seconds"] - previous)
+        self.done_epochs[spec.name] = metrics["epoch"]
+
+    def _seconds_per_epoch(self, variant: str) -> float:
+        own = self.per_epoch.get(variant)
+        every = [s for values in self.per_epoch.values() for s in values]
+        values = own or every
+        return sum(values) / len(values) if values else math.nan
+
+    def remaining(self) -> float:
+        total = 0.0
+        for spec in self.runs:
+            left = spec.config.loop.epochs - self.done_epochs.get(spec.name, 0)
+            if left > 0:
+                total += left * self._seconds_per_epoch(spec.variant)
+        return total
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
