@@ -118,3 +118,16 @@ def test_patterns_may_name_a_stage_or_the_cbam_around_the_gates() -> None:
         maps = block_maps(model, x, patterns=pattern)
         assert list(maps.spatial) == ["layer4.0.se.spatial"], pattern
         assert list(maps.channel) == ["layer4.0.se.channel"], pattern
+
+
+def test_each_head_of_a_query_can_be_read_apart() -> None:
+    model = visattn.create_attention_resnet("resnet18", "nonlocal", num_classes=3, layers=[1, 1, 1, 1],
+                                            attn_kwargs=dict(num_heads=2, position="relative")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    maps = block_maps(model, x, patterns="layer3.*", heads=True, scale=False)
+    key = "layer3.0.se@0.5,0.5"
+    assert set(maps.self_attention) == {key, f"{key}#h0", f"{key}#h1"}
+    # Interpolation is linear, so the heads' maps average to the mean map.
+    torch.testing.assert_close((maps.self_attention[f"{key}#h0"] + maps.self_attention[f"{key}#h1"]) / 2,
+                               maps.self_attention[key])
+    assert set(block_maps(model, x, patterns="layer3.*").self_attention) == {key}  # off by default

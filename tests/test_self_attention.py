@@ -128,12 +128,19 @@ def test_runs_at_128x128_with_backward():
     (dict(num_heads=0), ValueError, "num_heads must be a positive int"),
     (dict(kv_stride=1.5), ValueError, "kv_stride must be a positive int"),
     (dict(pairwise="dot", scale=0.1), ValueError, "scale only applies"),
-    (dict(scale="0.5"), ValueError, r"scale must be a finite number > 0 \(or None for head_dim\*\*-0.5\), got '0.5'"),
+    (dict(scale="0.5"), ValueError, r"scale must be a finite number > 0 \(or None for the default\), got '0.5'"),
     (dict(scale=0.0), ValueError, "scale must be a finite number > 0"),
     (dict(scale=float("inf")), ValueError, "scale must be a finite number > 0"),
     (dict(rd_channels=10, num_heads=4), ValueError, "divisible by num_heads"),
     (dict(pairwise="gaussian", num_heads=3), ValueError, "must divide them"),
     (dict(norm_layer="layernorm"), ValueError, "norm_layer='layernorm'"),
+    (dict(score="cosine"), ValueError, r"score must be one of \('embedded_gaussian', 'dot', .*'nonlocal_concat'\)"),
+    (dict(score="dot", pairwise="dot"), ValueError, "give score or pairwise, not both"),
+    (dict(score="additive", scale=0.5), ValueError, "scale only applies to the dot-product scores"),
+    (dict(score="nonlocal_dot", position="relative"), ValueError, "score='nonlocal_dot' has no softmax"),
+    (dict(position="absolute"), ValueError, r"position must be one of \(None, 'relative', 'sinusoidal'\)"),
+    (dict(position="relative", max_distance=0), ValueError, "max_distance must be a positive int, got 0"),
+    (dict(attn_drop=1.0), ValueError, r"attn_drop must be a probability in \[0, 1\), got 1.0"),
 ])
 def test_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -169,8 +176,8 @@ def test_float16_identity_and_no_overflow_on_large_activations(pairwise):
     x = torch.relu(torch.randn(1, 256, 32, 32)) * 30
     assert torch.equal(half(x.half()), x.half())  # still an exact identity at init
     with torch.no_grad():
-        reference = block.attend(*block.qkv(x))
-        attended = half.attend(*half.qkv(x.half())).float()
+        reference = block.attn(*block.qkv(x))
+        attended = half.attn(*half.qkv(x.half())).float()
     assert torch.isfinite(attended).all()
     if pairwise in ("dot", "concat"):  # the softmax ones are near one-hot at these logits: fp16 may pick another key
         torch.testing.assert_close(attended, reference, rtol=2e-2, atol=1e-2 * float(reference.abs().max()))

@@ -11,6 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 from .blocks import (
     CBAM,
     ChannelAttention,
+    CrossAttention2d,
+    GatedFusion,
     PixelSelfAttention,
     SpatialAttention,
     SqueezeExcite,
@@ -19,7 +21,14 @@ from .blocks import (
     list_blocks,
     register_block,
 )
-from .models import InjectionReport, create_attention_resnet, inject, load_weights, use_small_input_stem
+from .models import (
+    InjectionReport,
+    create_attention_resnet,
+    inject,
+    inject_cross,
+    load_weights,
+    use_small_input_stem,
+)
 
 try:
     __version__ = version("visattn")
@@ -37,7 +46,10 @@ __all__ = [
     "SpatialAttention",
     "CBAM",
     "PixelSelfAttention",
+    "CrossAttention2d",
+    "GatedFusion",
     "inject",
+    "inject_cross",
     "InjectionReport",
     "load_weights",
     "create_attention_resnet",

@@ -1,4 +1,4 @@
-"""``visattn`` command line: ``train``, ``overlay``, ``evaluate-cams``, ``blocks`` and ``bench``."""
+"""``visattn`` command line: ``train``, ``study``, ``overlay``, ``evaluate-cams``, ``blocks`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -48,23 +48,44 @@ def _user_errors(command: str) -> Callable[[Callable[[argparse.Namespace], int]]
 def _cmd_blocks(args: argparse.Namespace) -> int:
     import torch
 
-    from .blocks.registry import _ALIASES, get_block, list_blocks
+    from .blocks.registry import aliases_of, block_inputs, get_block, list_blocks
     from .utils import count_params
 
     rows = [("name", "class", "aliases", f"params@{args.channels}ch", "timm models", "what it does")]
-    for name in list_blocks():
+    for name in list_blocks(inputs=None):
         cls = get_block(name)
-        aliases = ", ".join(a for a, target in sorted(_ALIASES.items()) if target == name) or "-"
-        params = count_params(cls(args.channels, device=torch.device("meta")))
-        models = f"resnet{{18,34,50}}_{name}"
-        rows.append((name, cls.__name__, aliases, f"{params:,}", models, _first_doc_line(cls)))
+        two = block_inputs(name) == 2
+        # A block of two inputs is sized here with both of them args.channels wide.
+        block = cls(args.channels, *([args.channels] if name == "gated_fusion" else []), device=torch.device("meta"))
+        rows.append((name, cls.__name__, ", ".join(aliases_of(name)) or "-", f"{count_params(block):,}",
+                     "- (two inputs)" if two else f"resnet{{18,34,50}}_{name}", _first_doc_line(cls)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for i, row in enumerate(rows):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
         if i == 0:
             print("  ".join("-" * w for w in widths) + "  " + "-" * len(row[-1]))
+    print("\nOptions (keyword arguments: timm.create_model(..., attn_kwargs=dict(...)), visattn.inject(..., **kw)):")
+    for name in list_blocks(inputs=None):
+        print(f"  {name}: {_block_options(get_block(name))}")
     print("\nUse one:  timm.create_model('resnet50_cbam', num_classes=10)   or   visattn.inject(model, 'cbam')")
     return 0
+
+
+def _block_options(cls: type) -> str:
+    """``kw=default`` for a block's keyword options, with the choices of those that take a name from a list."""
+    choices = getattr(cls, "CHOICES", {})
+    parts = []
+    for param in inspect.signature(cls.__init__).parameters.values():
+        if param.kind is not param.KEYWORD_ONLY or param.name in ("device", "dtype", "identity_init"):
+            continue
+        default = param.default if param.default is not param.empty else "required"
+        default = getattr(default, "__name__", default)
+        text = f"{param.name}={default!r}" if not isinstance(default, str) or param.name in choices else \
+            f"{param.name}={default}"
+        if param.name in choices:
+            text += f" (one of {', '.join(repr(c) for c in choices[param.name])})"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 @_user_errors("train")
@@ -92,6 +113,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"resume: using {config}")
     cfg = load_train_config(config, overrides)
     train(cfg, config_path=config_path, resume=resume)
+    return 0
+
+
+@_user_errors("study")
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .study import load_study_config, run_study
+
+    study = load_study_config(args.config, args.set or [])
+    seeds = [int(s) for s in _split(args.seeds)] if args.seeds else None
+    variants = _split(args.variants) if args.variants else None
+    result = run_study(study, [*args.overrides], variants=variants, seeds=seeds, train_runs=not args.report)
+    if result.busy:
+        print(f"{len(result.busy)} run(s) are being trained by another process: {', '.join(result.busy)}; run the "
+              f"same command again when they finish to include them")
+    if result.records:
+        print(f"{len(result.records)} of {result.planned} runs finished; summary: "
+              f"{result.results_dir / 'summary.md'}")
+        print((result.results_dir / "summary.md").read_text().split("## Runs")[0].rstrip())
+    else:
+        print(f"none of the {result.planned} runs has finished yet")
     return 0
 
 
@@ -146,7 +187,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
         layers = _split(args.layers) if args.layers else trained.config.eval.overlay_layers
         manifest = overlay_files(trained, args.out, sources=args.images, images=samples, methods=methods,
                                  target_layers=layers, block_patterns=blocks, queries=_queries(args.query),
-                                 alpha=args.alpha, cmap=args.cmap, batch_size=args.batch_size,
+                                 heads=args.heads, alpha=args.alpha, cmap=args.cmap, batch_size=args.batch_size,
                                  progress=sys.stderr.isatty())
     except (OSError, ValueError, RuntimeError) as err:  # missing files, bad weights or arguments: say what, no trace
         print(f"visattn overlay: {err}", file=sys.stderr)
@@ -229,6 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run folder this config names, or the given run folder / checkpoint")
     train.set_defaults(func=_cmd_train)
 
+    study = sub.add_parser(
+        "study", help="train a grid of variants x seeds (resumable) and compare each variant with the baseline",
+        description="Train every run of a study file (configs/study/), one run folder each, skipping finished runs "
+                    "and resuming interrupted ones; then write summary.json, summary.md, accuracy_vs_cost.png and "
+                    "curves.png. Several processes may work on one study at once. key=value pairs override every "
+                    "run's training config, e.g. data.root=/data/cifar10/train.")
+    study.add_argument("--config", "-c", required=True, help="study YAML file (see configs/study/)")
+    study.add_argument("overrides", nargs="*", metavar="key=value", help="training-config overrides for every run")
+    study.add_argument("--set", action="append", metavar="key=value",
+                       help="study-file override, e.g. --set seeds=[0,1] (repeatable)")
+    study.add_argument("--variants", default="", metavar="NAME[,NAME]", help="only these variants")
+    study.add_argument("--seeds", default="", metavar="S[,S]", help="only these seeds")
+    study.add_argument("--report", action="store_true", help="train nothing: summarise the runs finished so far")
+    study.set_defaults(func=_cmd_study)
+
     overlay = sub.add_parser(
         "overlay", help="CAM and attention-block overlays of images, with a gallery",
         description="Explain images with a trained model: overlays per method, a grid per image, manifest.json and an "
@@ -244,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="module-name patterns of attention blocks whose own maps to show, or 'none'")
     overlay.add_argument("--query", default="0.5,0.5", metavar="Y,X[;Y,X]",
                          help="query pixels (fractions of height, width) for pixel self-attention maps")
+    overlay.add_argument("--heads", action="store_true",
+                         help="also show each head's map of multi-head self-attention blocks, not only their mean")
     overlay.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity (default 0.5)")
     overlay.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
     overlay.add_argument("--batch-size", type=int, default=16)

@@ -44,6 +44,12 @@ class Case:
     memory_target: float | None  # max allowed peak-memory ratio
     train_step: bool = False  # whole-model SGD step on (B, 3, H, W) with 10 classes, instead of a block fwd+bwd
     reuse_allocations: bool = False  # CPU: time with malloc reusing large blocks (skipped on CUDA, which always does)
+    block_kwargs: tuple[tuple[str, Any], ...] = ()  # options of our block; the row is named "name key=value"
+
+    @property
+    def label(self) -> str:
+        """The row's name: the block, then its options."""
+        return " ".join([self.name, *(f"{k}={v}" for k, v in self.block_kwargs)])
 
 
 def _timm_block(name: str, channels: int) -> nn.Module:
@@ -78,7 +84,7 @@ def build(case: Case, side: str) -> nn.Module:
     if case.train_step:
         return _cifar_resnet18({"ours": "visattn_cbam", "reference": None, "timm": "timm_cbam"}[side])
     if side == "ours":
-        return create_block(case.name, case.shape[1])
+        return create_block(case.name, case.shape[1], **dict(case.block_kwargs))
     return _timm_block(case.name, case.shape[1])
 
 
@@ -86,13 +92,26 @@ def cases(quick: bool = False) -> list[Case]:
     """The benchmark table's rows; ``quick`` shrinks every shape for a smoke test."""
     b, c, hw = (2, 32, 8) if quick else (32, 256, 28)
     nl_b, nl_hw = (1, 16) if quick else (2, 64)
+    nl_shape = (nl_b, 32 if quick else 256, nl_hw, nl_hw)
     rn_b = 4 if quick else 128
+    # The other scores and positions against the same timm block: time reported, memory bounded. The additive
+    # scores hold a hidden vector per pair and run in recomputed chunks: at most timm's N x N footprint.
+    from ..blocks import SCORES
+
+    variants = [
+        *(Case("nonlocal", "timm NonLocalAttn", nl_shape, None, 1.0 if score in ("additive", "concat") else 0.25,
+               block_kwargs=(("score", score),))
+          for score in SCORES if score != "embedded_gaussian"),
+        Case("nonlocal", "timm NonLocalAttn", nl_shape, None, 0.5, block_kwargs=(("position", "relative"),)),
+        Case("nonlocal", "timm NonLocalAttn", nl_shape, None, 0.25, block_kwargs=(("position", "sinusoidal"),)),
+    ]
     return [
         Case("se", "timm SEModule", (b, c, hw, hw), 1.0, None),
         Case("cam", "timm ChannelAttn", (b, c, hw, hw), 1.0, None),
         Case("spatial", "timm SpatialAttn", (b, c, hw, hw), 1.0, None),
         Case("cbam", "timm CbamModule", (b, c, hw, hw), 1.0, None),
-        Case("nonlocal", "timm NonLocalAttn", (nl_b, 32 if quick else 256, nl_hw, nl_hw), 0.5, 0.25),
+        Case("nonlocal", "timm NonLocalAttn", nl_shape, 0.5, 0.25),
+        *variants,
         Case("resnet18+cbam", "plain resnet18", (rn_b, 3, 32, 32), 1.10, None, train_step=True),
         Case("resnet18+cbam", "plain resnet18", (rn_b, 3, 32, 32), 1.10, None, train_step=True,
              reuse_allocations=True),
@@ -180,7 +199,8 @@ def _cpu_peak_worker(case: Case, side: str, queue: mp.Queue) -> None:
     torch.manual_seed(0)
     module = build(case, side).train()
     x, y = _inputs(case, "cpu")
-    tiny = Case(case.name, case.reference_name, (2, *case.shape[1:2], 8, 8), None, None, case.train_step)
+    tiny = Case(case.name, case.reference_name, (2, *case.shape[1:2], 8, 8), None, None, case.train_step,
+                block_kwargs=case.block_kwargs)
     _step(module, tiny, *_inputs(tiny, "cpu"))  # load kernels and thread pools outside the measurement
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS counter (Linux >= 4.0) so imports and set-up do not count
@@ -252,10 +272,10 @@ def run_block_benchmark(
 ) -> list[dict[str, object]]:
     """Run every case (or those named in ``only``) and print the table; returns the rows as dicts."""
     check_device(device)
-    names = [case.name for case in cases(quick)]
-    unknown = sorted(set(only or []) - set(names))
+    labels = [case.label for case in cases(quick)]
+    unknown = sorted(set(only or []) - set(labels))
     if unknown:
-        raise ValueError(f"only names unknown rows {unknown}; valid: {', '.join(dict.fromkeys(names))}")
+        raise ValueError(f"only names unknown rows {unknown}; valid: {', '.join(dict.fromkeys(labels))}")
     repeats, warmup = (2, 1) if quick else (15, 3)
     threads = torch.get_num_threads()
     printer(f"visattn block benchmark on {device} (torch {torch.__version__}, {threads} threads"
@@ -263,7 +283,7 @@ def run_block_benchmark(
             f"SDPA kernel: {sdpa_backend(device)}")
     rows = []
     for case in cases(quick):
-        if only and case.name not in only:
+        if only and case.label not in only:
             continue
         on_cpu = not device.startswith("cuda")
         if case.reuse_allocations and not on_cpu:
@@ -280,7 +300,7 @@ def run_block_benchmark(
         else:
             t = time_sides(case, sides, device, repeats, warmup)
         row = {
-            "block": case.name,
+            "block": case.label,
             "reference": case.reference_name,
             "shape": "x".join(map(str, case.shape)),
             "ours_ms": 1e3 * t["ours"],
@@ -324,7 +344,7 @@ def _format_row(row: dict[str, object], markdown: bool, header: bool) -> str:
         if header:
             line = "| " + " | ".join(_COLUMNS) + " |\n|" + "---|" * len(_COLUMNS) + "\n" + line
         return line
-    widths = [14, 18, 14, 9, 9, 26, 9, 9, 26, 0]
+    widths = [26, 18, 14, 9, 9, 26, 9, 9, 26, 0]
     line = "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True))
     if header:
         line = "  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)) + "\n" + line

@@ -74,10 +74,10 @@ def check_odd_kernel(value: Any, arg: str) -> int:
     return value
 
 
-def check_channels(channels: Any) -> int:
-    """Validate the positional ``channels`` argument every block takes."""
+def check_channels(channels: Any, name: str = "channels") -> int:
+    """Validate a channel count (the positional ``channels`` argument every block takes, or another named one)."""
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive int, got {channels!r}")
+        raise ValueError(f"{name} must be a positive int, got {channels!r}")
     return channels
 
 

@@ -3,6 +3,8 @@
 - Spatial gates of :class:`~visattn.SpatialAttention` (alone or inside CBAM): ``(B, H, W)``.
 - Channel weights of :class:`~visattn.SqueezeExcite` and :class:`~visattn.ChannelAttention`: ``(B, C)``.
 - :class:`~visattn.PixelSelfAttention`: the attention of chosen query pixels over all pixels: ``(B, H, W)``.
+- :class:`~visattn.CrossAttention2d`: the attention of chosen query pixels over the context map's pixels:
+  ``(B, H, W)``, the context's grid stretched over the image.
 
 Gates are read from each block's ``gate`` submodule, which every code path calls (CBAM's parallel order included).
 """
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blocks import ChannelAttention, PixelSelfAttention, SpatialAttention, SqueezeExcite
+from ..blocks import ChannelAttention, CrossAttention2d, PixelSelfAttention, SpatialAttention, SqueezeExcite
 from ..utils import eval_mode, model_device_dtype
 from .base import normalize_maps
 
@@ -27,7 +29,8 @@ __all__ = ["BlockMaps", "BlockMapReader", "block_maps"]
 
 @dataclass
 class BlockMaps:
-    """Block maps of one batch, keyed by module name (self-attention keys add ``@y,x`` for the query point).
+    """Block maps of one batch, keyed by module name (self-attention keys add ``@y,x`` for the query point, and
+    ``#hN`` for head N when each head is read apart).
 
     Attributes:
         spatial: ``(B, H, W)`` spatial gates, at input resolution.
@@ -71,6 +74,8 @@ class BlockMapReader:
             or the name of a module containing it does (``'layer4'``). Blocks matching none are skipped.
         queries: query pixels for self-attention blocks, as ``(y, x)`` fractions of the image (``(0.5, 0.5)`` = centre).
         scale: scale each spatial / self-attention map to ``[0, 1]`` per image (gates often span a narrow band).
+        heads: also give each head's map of a multi-head self-attention block (keys ``...@y,x#h0``, ...), next to
+            their mean.
 
     Example:
         >>> with BlockMapReader(model, patterns="layer4") as reader, torch.no_grad():
@@ -79,15 +84,18 @@ class BlockMapReader:
     """
 
     def __init__(self, model: nn.Module, patterns: str | Sequence[str] = "*",
-                 queries: Sequence[tuple[float, float]] = ((0.5, 0.5),), *, scale: bool = True) -> None:
+                 queries: Sequence[tuple[float, float]] = ((0.5, 0.5),), *, scale: bool = True,
+                 heads: bool = False) -> None:
         self.model = model
+        self.heads = heads
         self.patterns = [patterns] if isinstance(patterns, str) else list(patterns)
         self.queries = _check_queries(queries)
         self.scale = scale
         self._handles: list[Any] = []
         self._spatial: dict[str, torch.Tensor] = {}
         self._channel: dict[str, torch.Tensor] = {}
-        self._attention_inputs: dict[str, tuple[PixelSelfAttention, torch.Tensor]] = {}
+        # Each self- or cross-attention block's inputs: (block, x) or (block, x, context).
+        self._attention_inputs: dict[str, tuple[Any, ...]] = {}
         self._seen: set[str] = set()  # blocks read in this pass: a gate that runs twice in it keeps its first output
         self._complete = False
 
@@ -102,7 +110,7 @@ class BlockMapReader:
                     self._handles.append(module.gate.register_forward_hook(self._keep_gate(self._spatial, name)))
                 elif isinstance(module, (SqueezeExcite, ChannelAttention)):
                     self._handles.append(module.gate.register_forward_hook(self._keep_gate(self._channel, name)))
-                elif isinstance(module, PixelSelfAttention):
+                elif isinstance(module, (PixelSelfAttention, CrossAttention2d)):
                     self._handles.append(module.register_forward_pre_hook(self._keep_input(name, module)))
             self._handles.append(self.model.register_forward_hook(self._end_of_pass))
         except BaseException:
@@ -137,10 +145,10 @@ class BlockMapReader:
                 store[name] = output.detach().float()
         return hook
 
-    def _keep_input(self, name: str, block: PixelSelfAttention) -> Any:
+    def _keep_input(self, name: str, block: nn.Module) -> Any:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             if self._keep(name):
-                self._attention_inputs[name] = (block, inputs[0].detach())
+                self._attention_inputs[name] = (block, *(t.detach() for t in inputs[:2]))
         return hook
 
     def _end_of_pass(self, module: nn.Module, inputs: Any, output: Any) -> None:
@@ -161,15 +169,21 @@ class BlockMapReader:
         with torch.no_grad():
             for name, gate in self._spatial.items():
                 out.spatial[name] = _to_input_size(gate[:, 0], size, self.scale)
-            for name, (block, x) in self._attention_inputs.items():
+            for name, (block, x, *context) in self._attention_inputs.items():
                 h, w = x.shape[-2:]
-                flat = [min(int(y * h), h - 1) * w + min(int(xq * w), w - 1) for y, xq in self.queries]
+                flat = torch.tensor([min(int(y * h), h - 1) * w + min(int(xq * w), w - 1) for y, xq in self.queries],
+                                    device=x.device)
                 with eval_mode(block):  # explanations read the eval-mode attention
-                    weights = block.query_attention(x, torch.tensor(flat, device=x.device))  # (B, P, N_kv)
-                    kh, kw = block.pool(x[:, :1]).shape[-2:]
-                for (y, xq), row in zip(self.queries, weights.unbind(1), strict=True):
-                    out.self_attention[f"{name}@{y:g},{xq:g}"] = _to_input_size(row.view(-1, kh, kw), size,
-                                                                                 self.scale)
+                    weights = block.query_attention(x, *context, flat, per_head=True)  # (B, heads, P, N_kv)
+                    kh, kw = block.pool((context[0] if context else x)[:, :1]).shape[-2:]
+                for p, (y, xq) in enumerate(self.queries):
+                    key = f"{name}@{y:g},{xq:g}"
+                    out.self_attention[key] = _to_input_size(weights[:, :, p].mean(1).view(-1, kh, kw), size,
+                                                             self.scale)
+                    if self.heads and weights.shape[1] > 1:
+                        for h in range(weights.shape[1]):
+                            out.self_attention[f"{key}#h{h}"] = _to_input_size(
+                                weights[:, h, p].reshape(-1, kh, kw), size, self.scale)
         self._reset()
         return out
 
@@ -181,13 +195,14 @@ def block_maps(
         patterns: str | Sequence[str] = "*",
         queries: Sequence[tuple[float, float]] = ((0.5, 0.5),),
         scale: bool = True,
+        heads: bool = False,
 ) -> BlockMaps:
     """Read every matching visattn block's own attention during one eval-mode forward pass.
 
     Args:
         model: a network containing visattn blocks (e.g. ``timm.create_model('resnet18_cbam')``).
         images: ``(B, C, H, W)`` normalised input.
-        patterns, queries, scale: as :class:`BlockMapReader`.
+        patterns, queries, scale, heads: as :class:`BlockMapReader`.
 
     Returns:
         A :class:`BlockMaps`; it is empty when the model has no matching block.
@@ -201,7 +216,8 @@ def block_maps(
         raise ValueError(f"images must be a (B, C, H, W) float tensor, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
     device, dtype = model_device_dtype(model)
-    with BlockMapReader(model, patterns, queries, scale=scale) as reader, eval_mode(model), torch.no_grad():
+    reader = BlockMapReader(model, patterns, queries, scale=scale, heads=heads)
+    with reader, eval_mode(model), torch.no_grad():
         logits = model(images.to(device=device, dtype=dtype))
         return reader.read(images.shape[-2:], logits)
 

@@ -64,6 +64,7 @@ def explain_images(
         target_layers: LayerSpec = None,
         block_patterns: str | Sequence[str] | None = "*",
         queries: Sequence[tuple[float, float]] = ((0.5, 0.5),),
+        heads: bool = False,
         batch_size: int = 16,
         errors: list[dict[str, str]] | None = None,
 ) -> Iterator[OverlayItem]:
@@ -77,6 +78,7 @@ def explain_images(
         target_layers: as for :func:`visattn.cam.create_cam`; None for the last spatial stage.
         block_patterns: module-name patterns for the attention blocks' own maps; None for none.
         queries: ``(y, x)`` query pixels, as fractions of the image, for pixel self-attention maps.
+        heads: also show each head's map of multi-head self-attention blocks.
         batch_size: images per forward pass.
         errors: images the eval transform rejects are recorded here (``{'source', 'error'}``) and skipped; without
             a list they raise.
@@ -95,7 +97,7 @@ def explain_images(
     device, _ = model_device_dtype(trained.model)
     cams = {name: create_cam(name, trained.model, target_layers) for name in methods}
     # The block maps ride on the CAMs' forward pass (the CAMs share one between them): one pass per batch in all.
-    reader = BlockMapReader(trained.model, block_patterns, queries) if block_patterns else None
+    reader = BlockMapReader(trained.model, block_patterns, queries, heads=heads) if block_patterns else None
     iterator = iter(images)
     while batch := list(islice(iterator, batch_size)):
         shown: list[tuple[str, np.ndarray]] = []
@@ -161,6 +163,7 @@ def overlay_files(
         target_layers: LayerSpec = None,
         block_patterns: str | Sequence[str] | None = "*",
         queries: Sequence[tuple[float, float]] = ((0.5, 0.5),),
+        heads: bool = False,
         alpha: float = 0.5,
         cmap: str = "jet",
         batch_size: int = 16,
@@ -174,7 +177,7 @@ def overlay_files(
         out_dir: output folder (created).
         sources: image files, folders or glob patterns, read lazily.
         images: already-loaded ``(name, RGB uint8)`` pairs, explained after ``sources``.
-        methods, target_layers, block_patterns, queries, batch_size: as :func:`explain_images`.
+        methods, target_layers, block_patterns, queries, heads, batch_size: as :func:`explain_images`.
         alpha: overlay opacity in ``[0, 1]``.
         cmap: matplotlib colormap name.
         progress: show a progress bar.
@@ -202,5 +205,6 @@ def overlay_files(
             "image_size": trained.config.data.image_size, "versions": {
                 "visattn": __version__, "torch": torch.__version__, "timm": timm.__version__}, **(run_info or {})}
     items = explain_images(trained, everything, methods=methods, target_layers=target_layers,
-                           block_patterns=block_patterns, queries=queries, batch_size=batch_size, errors=errors)
+                           block_patterns=block_patterns, queries=queries, heads=heads, batch_size=batch_size,
+                           errors=errors)
     return write_overlays(out_dir, items, alpha=alpha, cmap=cmap, run_info=info, errors=errors, progress=progress)

@@ -2,6 +2,7 @@
 
 from . import pretrained as _pretrained  # noqa: F401  (registers the models with shipped weights)
 from .inject import Injected, find_residual_blocks, inject
+from .inject_cross import CrossAttendingStage, inject_cross
 from .inject_report import InjectionReport, InjectionSite
 from .stem import use_small_input_stem
 from .variants import ARCHITECTURES, create_attention_resnet, variant_names
@@ -9,6 +10,8 @@ from .weights import load_weights, read_state_dict
 
 __all__ = [
     "inject",
+    "inject_cross",
+    "CrossAttendingStage",
     "Injected",
     "InjectionReport",
     "InjectionSite",

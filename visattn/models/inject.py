@@ -22,13 +22,14 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock as TvBasicBlock
 from torchvision.models.resnet import Bottleneck as TvBottleneck
 
-from ..blocks.registry import canonical_name, get_block
+from ..blocks.registry import block_inputs, canonical_name, get_block
 from ..utils import count_flops, count_params, eval_mode, input_channels, model_device_dtype
 from .inject_report import InjectionReport, InjectionSite
 from .torchvision_blocks import AttnBasicBlock, AttnBottleneck, can_add_attention_slot, with_attention_slot
 from .weights import mark_injected
 
-__all__ = ["inject", "Injected", "find_residual_blocks"]
+__all__ = ["inject", "Injected", "find_residual_blocks", "residual_out_channels", "probe_input_size",
+           "tensor_leaves"]
 
 _TIMM_BLOCKS = (TimmBasicBlock, TimmBottleneck)
 _TV_BLOCKS = (TvBasicBlock, TvBottleneck, AttnBasicBlock, AttnBottleneck)
@@ -100,7 +101,8 @@ def _select(
     return selected
 
 
-def _out_channels(block: nn.Module) -> int:
+def residual_out_channels(block: nn.Module) -> int:
+    """Channels a timm or torchvision residual block outputs."""
     last_conv = block.conv3 if isinstance(block, (TimmBottleneck, TvBottleneck)) else block.conv2
     return last_conv.out_channels
 
@@ -137,15 +139,34 @@ def _accepted_kwargs(block_cls: Any) -> set[str] | None:
     return {p.name for p in params if p.kind is not p.VAR_KEYWORD}
 
 
-def _tensor_leaves(out: Any) -> list[torch.Tensor]:
+def tensor_leaves(out: Any) -> list[torch.Tensor]:
     """The tensors in a model output: a tensor, or lists, tuples and dicts of them."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
         out = list(out.values())
     if isinstance(out, (list, tuple)):
-        return [t for item in out for t in _tensor_leaves(item)]
+        return [t for item in out for t in tensor_leaves(item)]
     return []
+
+
+def probe_input_size(model: nn.Module, input_size: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the probe an injection checks its identity on: ``input_size``, else the model's
+    ``pretrained_cfg['input_size']`` with its stem's input channels, else ``(3, 224, 224)``.
+
+    Raises:
+        ValueError: ``input_size`` is not three positive ints.
+    """
+    if input_size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        input_size = tuple(cfg.get("input_size") or (3, 224, 224))
+        channels = input_channels(model, guess=True)
+        if channels is not None:  # timm keeps the pretrained cfg's 3 channels for in_chans=1 models
+            input_size = (channels, *input_size[1:])
+    input_size = tuple(input_size)
+    if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
+        raise ValueError(f"input_size must be (channels, height, width) of positive ints, got {input_size!r}")
+    return input_size  # type: ignore[return-value]
 
 
 def inject(
@@ -186,6 +207,9 @@ def inject(
     """
     if init not in ("identity", "default"):
         raise ValueError(f"init must be 'identity' or 'default', got {init!r}")
+    if isinstance(block, str) and block_inputs(block) == 2:
+        raise ValueError(f"block {block!r} takes two inputs, so it has no place in a residual block; "
+                         f"visattn.inject_cross adds cross-attention between two stages")
     block_cls = get_block(block) if isinstance(block, str) else block
     block_name = canonical_name(block) if isinstance(block, str) else getattr(block, "__name__", repr(block))
     if isinstance(block_cls, nn.Module):  # an instance would be "called" with (channels) as its forward input
@@ -209,15 +233,7 @@ def inject(
             with_attention_slot(res_block)  # raises the ValueError that names the class, before anything changes
 
     device, dtype = model_device_dtype(model)
-    if input_size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        input_size = tuple(cfg.get("input_size") or (3, 224, 224))
-        channels = input_channels(model, guess=True)
-        if channels is not None:  # timm keeps the pretrained cfg's 3 channels for in_chans=1 models
-            input_size = (channels, *input_size[1:])
-    input_size = tuple(input_size)
-    if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
-        raise ValueError(f"input_size must be (channels, height, width) of positive ints, got {input_size!r}")
+    input_size = probe_input_size(model, input_size)
     probe = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     keys_before = set(model.state_dict())
     params_before = count_params(model)
@@ -228,7 +244,7 @@ def inject(
             flops_before, out_before = count_flops(model, probe)
             sites = []
             for path, res_block in selected:
-                channels = _out_channels(res_block)
+                channels = residual_out_channels(res_block)
                 attn = _build(block_cls, channels, init == "identity", {"device": device, "dtype": dtype},
                               block_kwargs)
                 attn.eval()  # the context manager restores the model's flags; new modules start like their parents
@@ -239,7 +255,7 @@ def inject(
                 sites.append(InjectionSite(path=f"{path}.se", channels=channels, params=count_params(attn)))
             flops_after, out_after = count_flops(model, probe)
         # Outputs may be nested (features_only backbones return a list of maps): compare leaf by leaf.
-        before, after = _tensor_leaves(out_before), _tensor_leaves(out_after)
+        before, after = tensor_leaves(out_before), tensor_leaves(out_after)
         max_diff = max(((a.float() - b.float()).abs().max().item() for a, b in zip(after, before, strict=True)),
                        default=0.0)
         scale = max((b.abs().max().item() for b in before), default=0.0)

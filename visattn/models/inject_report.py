@@ -62,10 +62,15 @@ class InjectionReport:
         """The loud part: which keys an original checkpoint will not have."""
         return (
             f"visattn.inject added {len(self.sites)} {self.block} blocks (+{_human(self.params_added)} params). "
-            f"A state_dict saved before injection now lacks {len(self.new_keys)} keys (all under '*.se.*'): load it "
-            f"with visattn.load_weights(model, ...), which allows exactly these keys to be missing, or with "
+            f"A state_dict saved before injection now lacks {len(self.new_keys)} keys (all under {self._where()}): "
+            f"load it with visattn.load_weights(model, ...), which allows exactly these keys to be missing, or with "
             f"load_state_dict(strict=False) and check the result. Original keys are unchanged."
         )
+
+    def _where(self) -> str:
+        if all(s.path.endswith(".se") for s in self.sites):
+            return "'*.se.*'"
+        return ", ".join(f"'{s.path}.*'" for s in self.sites)
 
     def __str__(self) -> str:
         size = "x".join(map(str, self.input_size))
