@@ -7,7 +7,7 @@ the config's batch and image size, in every combination of precision (float32, b
 channels_last), interleaved round by round. Ratios are step-time speed-ups over float32 NCHW measured in the same run.
 With ``--compile`` each combination is also timed after ``torch.compile`` (compile time printed apart). With
 ``--reuse-allocations`` the whole table is measured with glibc told to keep large blocks
-(:mod:`visattn.bench.allocator`); run the script once with and once without to compare.
+(:mod:`visattn.system.allocator`); run the script once with and once without to compare.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from visattn.bench.allocator import reuse_large_allocations
-from visattn.bench.machine import describe_machine
 from visattn.bench.timing import interleaved_medians
-from visattn.training.config import load_train_config
+from visattn.config import load_train_config
+from visattn.system.allocator import reuse_large_allocations
+from visattn.system.machine import describe_machine
 from visattn.training.model import build_model
 
 

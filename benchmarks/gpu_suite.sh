@@ -39,7 +39,7 @@ step() {  # step NAME COMMAND...: run, tee to $OUT/NAME.txt, print its wall time
   echo "== $name took $((SECONDS - start)) s"
 }
 
-"$PY" -c "from visattn.bench.machine import describe_machine; print(describe_machine())" | tee "$OUT/machine.txt"
+"$PY" -c "from visattn.system.machine import describe_machine; print(describe_machine())" | tee "$OUT/machine.txt"
 step bench_blocks "$PY" -m visattn bench blocks --device "$DEVICE" --markdown "${blocks_args[@]}"
 step bench_train "$PY" -m visattn bench train --device "$DEVICE" "${train_args[@]}"
 step bench_cams "$PY" -m visattn bench cams --device "$DEVICE" --markdown "${cams_args[@]}"

@@ -29,9 +29,9 @@ import torch
 from visattn.cam import create_cam
 from visattn.data.synthetic import CLASSES, ShapesDataset
 from visattn.faithfulness import pointing_game
-from visattn.faithfulness.cams import validation_batch
 from visattn.faithfulness.perturbation import compute_maps
-from visattn.training.trained import TrainedModel, load_trained
+from visattn.pipelines.samples import validation_batch
+from visattn.pipelines.trained import TrainedModel, load_trained
 
 
 def peak_maps(points: np.ndarray, size: int) -> torch.Tensor:
@@ -61,7 +61,7 @@ def oracle_points(val: ShapesDataset, count: int) -> dict[str, np.ndarray]:
 
 def cam_maps(trained: TrainedModel, methods: list[str], layers: list[str], count: int) -> dict[str, torch.Tensor]:
     """Maps of each CAM method for the first ``count`` validation images of the model's config (true classes)."""
-    images, labels, _ = validation_batch(trained, count)
+    images, labels, _ = validation_batch(trained.config.data, count)
     trained.model.eval()
     maps = {}
     for method in methods:

@@ -2,8 +2,8 @@ import multiprocessing as mp
 
 import pytest
 
-from visattn.bench.allocator import _glibc, reuse_large_allocations
 from visattn.bench.blocks import cases, run_block_benchmark
+from visattn.system.allocator import _glibc, reuse_large_allocations
 
 needs_glibc = pytest.mark.skipif(_glibc() is None, reason="mallopt tuning applies to glibc only")
 

@@ -31,10 +31,10 @@ def test_module_entry_point_runs():
     (["--resume", "runs/lr=0.1/last.safetensors"], "runs/lr=0.1/last.safetensors", 34),  # a path, not an override
 ])
 def test_train_resume_flag_and_overrides(monkeypatch, argv, resume, epochs):
-    from visattn.training import run as run_module
+    from visattn.pipelines import train as train_module
 
     seen = {}
-    monkeypatch.setattr(run_module, "train", lambda cfg, config_path, resume: seen.update(cfg=cfg, resume=resume))
+    monkeypatch.setattr(train_module, "train", lambda cfg, config_path, resume: seen.update(cfg=cfg, resume=resume))
     assert main(["train", "--config", "configs/quickstart.yaml", *argv]) == 0  # quickstart: 34 epochs
     assert seen["resume"] == resume and seen["cfg"].loop.epochs == epochs
 

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from visattn.training.config import TrainConfig, load_train_config
-from visattn.training.config_loader import ConfigError, config_to_dict
+from visattn.config import TrainConfig, load_train_config
+from visattn.config.loader import ConfigError, config_to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parent.name != "study")
+STUDIES = sorted((CONFIG_DIR / "study").glob("*.yaml"))
 
 
 def test_configs_cover_the_issue():
@@ -24,6 +25,15 @@ def test_configs_cover_the_issue():
 def test_every_shipped_config_loads(path):
     cfg = load_train_config(path)
     assert isinstance(cfg, TrainConfig)
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_every_shipped_study_plans_valid_runs(path):
+    from visattn.study import load_study_config, plan_runs
+
+    runs = plan_runs(load_study_config(path))
+    assert len(runs) == 18 and {r.variant for r in runs} == {"baseline", "se", "cam", "spatial", "cbam", "nonlocal"}
+    assert all(isinstance(r.config, TrainConfig) and r.config.data.val_split for r in runs)
 
 
 def test_block_variants_differ_only_in_model():

@@ -14,8 +14,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visattn.training import config_loader
-from visattn.training.config_loader import (
+from visattn.config import loader as config_loader
+from visattn.config.loader import (
     ConfigError,
     closest_key,
     config_from_dict,

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from visattn.config import DataConfig
 from visattn.data.cifar import load_cifar
 from visattn.data.datasets import build_datasets
 from visattn.data.folder import collate_skipping, read_rgb
 from visattn.data.transforms import build_transform, transforms_from_list
-from visattn.training.config import DataConfig
 
 
 def _fake_cifar(root, name="cifar10", n_per_batch=6, protocol=pickle.DEFAULT_PROTOCOL):

@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+from visattn.config import DataConfig, TrainConfig
+from visattn.config.loader import ConfigError, load_config
 from visattn.data.datasets import ArrayDataset, build_datasets, raw_images
 from visattn.data.folder import ImageFileDataset
 from visattn.data.memory import decode_all, holdout_indices
-from visattn.training.config import DataConfig, TrainConfig
-from visattn.training.config_loader import ConfigError, load_config
 
 
 def _folder(root, counts, size=(10, 14)):

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from visattn.training.config import OptimConfig
+from visattn.config import OptimConfig
 from visattn.training.distributed import DistInfo
 from visattn.training.loop import Schedule, TrainingDiverged, evaluate, train_one_epoch
 

@@ -48,7 +48,7 @@ def test_lock_is_reentrant_within_a_process_and_released_by_the_last_holder(tmp_
 
 @pytest.mark.skipif(sys.platform == "win32", reason="advisory locks are POSIX-only")
 def test_resuming_a_live_run_is_refused(tmp_path):
-    from visattn.training.config import load_train_config
+    from visattn.config import load_train_config
     from visattn.training.run import train
 
     cfg = load_train_config(None, ["data.num_train=64", "data.num_val=32", "data.batch_size=32", "loop.epochs=1",

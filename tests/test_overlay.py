@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from visattn.cli import main
 from visattn.data.synthetic import CLASSES, ShapesDataset
 from visattn.data.transforms import build_transform
+from visattn.pipelines.trained import load_trained
 from visattn.training.checkpoint import save_weights
-from visattn.training.trained import load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "quickstart_resnet18_cbam_shapes.safetensors"
@@ -166,7 +166,7 @@ def test_a_timm_name_gets_timms_own_eval_preprocessing(name: str) -> None:
     import timm
     import timm.data
 
-    from visattn.training.trained import _timm_config
+    from visattn.pipelines.trained import _timm_config
 
     reference = timm.data.create_transform(
         **timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict()))
@@ -190,7 +190,7 @@ def test_overlay_output_in_the_explained_folder_or_above_it(tmp_path: Path, monk
 
 
 def test_timm_preprocessing_follows_an_image_size_override_and_squash_crops() -> None:
-    from visattn.training.trained import _timm_config
+    from visattn.pipelines.trained import _timm_config
 
     steps = _timm_config("resnet50", ["data.image_size=288"]).data.eval_transforms
     assert steps[0]["max_size"] == 303 and (steps[1]["height"], steps[1]["width"]) == (288, 288)  # floor(288 / 0.95)

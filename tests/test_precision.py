@@ -51,3 +51,24 @@ def test_timing_leaves_the_model_and_the_random_stream_alone():
     assert torch.equal(torch.rand(3), expected)  # the run's own random draws are unchanged
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_channels_last_is_refused_where_onednn_mishandles_1x1_strided_convs(tmp_path):
+    # A narrow ResNet's 1x1 stride-2 downsample over 8 channels: oneDNN's channels_last weight gradient corrupts
+    # memory there (it crashed a 64x64 run). The run warns, trains NCHW, and config.yaml still says what was asked.
+    import timm
+
+    from visattn.config import load_train_config
+    from visattn.training.precision import channels_last_hazard
+    from visattn.training.run import train
+
+    narrow = timm.create_model("resnet18", layers=[1, 1, 1, 1], channels=[8, 8, 8, 8], stem_width=8)
+    assert "layer2.0.downsample.0 is a 1x1 stride-2 convolution over 8 channels" in channels_last_hazard(narrow)
+    assert channels_last_hazard(timm.create_model("resnet18", layers=[1, 1, 1, 1])) is None
+    cfg = load_train_config(None, ["data.num_train=16", "data.num_val=8", "data.image_size=64", "data.batch_size=8",
+                                   "loop.epochs=1", "loop.channels_last=true", "loop.progress=false",
+                                   "model.small_input=true",
+                                   "model.kwargs={layers: [1, 1, 1, 1], channels: [8, 8, 8, 8], stem_width: 8}"])
+    with pytest.warns(UserWarning, match="loop.channels_last is off for this run: layer2.0.downsample.0"):
+        result = train(cfg, run_dir=tmp_path / "run")
+    assert result.epochs == 1 and "channels_last: true" in (tmp_path / "run" / "config.yaml").read_text()

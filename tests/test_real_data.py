@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from visattn.cli import main
-from visattn.training.config import load_train_config
-from visattn.training.run import train
+from visattn.config import load_train_config
+from visattn.pipelines.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVES = Path(os.environ.get("VISATTN_REAL_DATA", ROOT.parent / "shared" / "data"))

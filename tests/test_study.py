@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from visattn.config import load_train_config
+from visattn.config.loader import ConfigError
 from visattn.study import load_study_config, plan_runs, run_study
 from visattn.study.config import config_hash
 from visattn.study.runner import read_record
 from visattn.study.stats import mean_std, paired_difference, t_quantile_975
 from visattn.training.checkpoint import checkpoint_progress
-from visattn.training.config import load_train_config
-from visattn.training.config_loader import ConfigError
 
 # --- statistics ---------------------------------------------------------------------------------------------------
 
@@ -247,7 +247,7 @@ def test_two_processes_share_the_grid_and_never_train_a_run_twice(tiny_study):
 # --- the shipped study on other data: only data: changes ----------------------------------------------------------
 
 STUDY = Path(__file__).resolve().parents[1] / "configs" / "study" / "cifar10_cpu.yaml"
-_TINY_NET = ["model.kwargs={layers: [1, 1, 1, 1], channels: [8, 8, 8, 8], stem_width: 8}", "loop.epochs=1",
+_TINY_NET = ["model.kwargs={layers: [1, 1, 1, 1], channels: [16, 16, 16, 16], stem_width: 16}", "loop.epochs=1",
              "data.batch_size=4", "loop.amp=none"]
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from visattn.config import load_train_config
+from visattn.pipelines.train import train
 from visattn.training import loop as loop_module
 from visattn.training import run as run_module
-from visattn.training.config import load_train_config
 from visattn.training.loop import TrainingDiverged, evaluate
-from visattn.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.num_train=384", "data.num_val=192", "data.batch_size=32", "loop.progress=false", "optim.warmup_epochs=0",
@@ -29,7 +29,7 @@ def _metrics(run_dir):
 
 
 def _comparable(records):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "train_img_s")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds", "train_img_s")} for r in records]
 
 
 @pytest.mark.slow
@@ -174,8 +174,8 @@ def test_ddp_two_gloo_processes(tmp_path):
     # The ranks evaluated the model rank 0 saved (BatchNorm statistics broadcast first), so a single process
     # evaluating the saved weights gets the logged validation loss.
     from visattn.data.datasets import build_datasets
+    from visattn.pipelines.trained import load_trained
     from visattn.training.distributed import DistInfo
-    from visattn.training.trained import load_trained
 
     trained = load_trained(tmp_path / "quickstart")
     alone = run_module._evaluate(trained.model, build_datasets(trained.config.data).val, trained.config, DistInfo(),
@@ -184,7 +184,7 @@ def test_ddp_two_gloo_processes(tmp_path):
 
 
 def test_overlay_settings_are_checked_before_training(tmp_path):
-    from visattn.training.config_loader import ConfigError
+    from visattn.config.loader import ConfigError
 
     with pytest.raises(ConfigError, match="unknown CAM method 'gradcm'"):
         _cfg(tmp_path, "eval.overlay_methods=[gradcm]")

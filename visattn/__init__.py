@@ -6,8 +6,6 @@ Example:
     >>> model, report = visattn.inject(timm.create_model('resnet50'), 'se')  # into an existing model
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .blocks import (
     CBAM,
     ChannelAttention,
@@ -29,11 +27,29 @@ from .models import (
     load_weights,
     use_small_input_stem,
 )
+from .version import __version__
 
-try:
-    __version__ = version("visattn")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+# Entry points of the upper layers, imported on first use so that `import visattn` stays light.
+_LAZY = {
+    "train": ("visattn.pipelines.train", "train"),
+    "load_train_config": ("visattn.config", "load_train_config"),
+    "load_trained": ("visattn.pipelines.trained", "load_trained"),
+    "overlay_files": ("visattn.pipelines.overlays", "overlay_files"),
+    "evaluate_cams": ("visattn.pipelines.faithfulness", "evaluate_cams"),
+    "run_study": ("visattn.study", "run_study"),
+    "load_study_config": ("visattn.study", "load_study_config"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'visattn' has no attribute {name!r}")
+
+
 
 __all__ = [
     "__version__",
@@ -54,4 +70,5 @@ __all__ = [
     "load_weights",
     "create_attention_resnet",
     "use_small_input_stem",
+    *_LAZY,
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .training.trained import TrainedModel
+    from .pipelines.trained import TrainedModel
 
 __all__ = ["main"]
 
@@ -29,7 +29,7 @@ def _user_errors(command: str) -> Callable[[Callable[[argparse.Namespace], int]]
         def run(args: argparse.Namespace) -> int:
             from safetensors import SafetensorError
 
-            from .training.config_loader import ConfigError
+            from .config.loader import ConfigError
             from .training.loop import TrainingDiverged
 
             try:
@@ -90,9 +90,10 @@ def _block_options(cls: type) -> str:
 
 @_user_errors("train")
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training.config import load_train_config
-    from .training.config_loader import format_override
-    from .training.run import recorded_run_name, train
+    from .config import load_train_config
+    from .config.loader import format_override
+    from .pipelines.train import train
+    from .training.run import recorded_run_name
 
     overrides = [*args.overrides, *(args.set or [])]
     resume = args.resume if args.resume is not None else False
@@ -141,7 +142,7 @@ def _split(text: str) -> list[str]:
 
 
 def _load_trained(args: argparse.Namespace) -> TrainedModel:
-    from .training.trained import load_trained
+    from .pipelines.trained import load_trained
 
     return load_trained(args.source, config=args.config, model_name=args.model, overrides=args.set or [],
                         device=args.device)
@@ -168,8 +169,8 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     import json
 
     from .cam import canonical_cam_name
-    from .data.datasets import build_datasets, raw_images
-    from .export.explain import overlay_files
+    from .pipelines.overlays import overlay_files
+    from .pipelines.samples import validation_samples
 
     if not args.images and not args.samples:
         print("visattn overlay: give image files / folders / globs, or --samples N for validation images",
@@ -181,7 +182,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     try:
         methods = [canonical_cam_name(m) for m in _split(args.methods)]
         trained = _load_trained(args)
-        samples = raw_images(build_datasets(trained.config.data).val, args.samples) if args.samples else []
+        samples = validation_samples(trained.config.data, args.samples)
         blocks = None if args.blocks.lower() == "none" else _split(args.blocks)
         # Default target layers: the ones the training config chose for its overlays, else the last spatial stage.
         layers = _split(args.layers) if args.layers else trained.config.eval.overlay_layers
@@ -202,7 +203,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate_cams(args: argparse.Namespace) -> int:
     from .cam import canonical_cam_name
-    from .faithfulness.cams import evaluate_cams
+    from .pipelines.faithfulness import evaluate_cams
 
     try:
         methods = [canonical_cam_name(m) for m in _split(args.methods)]

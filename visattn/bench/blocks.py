@@ -9,7 +9,7 @@ measurement, since the CPU allocator keeps no counters (Linux only).
 
 On CPU the ResNet train step is timed twice, each time in a fresh subprocess: once with glibc's malloc as it comes,
 which maps every block above 32 MiB afresh on each step, and once with malloc told to reuse large blocks, as CUDA's
-caching allocator, jemalloc and tcmalloc do (see :mod:`visattn.bench.allocator`). A CBAM block's extra full-size
+caching allocator, jemalloc and tcmalloc do (see :mod:`visattn.system.allocator`). A CBAM block's extra full-size
 tensors cost about twice as much in the first regime.
 """
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .allocator import reuse_large_allocations
+from ..system.allocator import reuse_large_allocations
 from .timing import check_device, interleaved_medians, proc_status_kib, synchronize
 
 __all__ = ["Case", "cases", "run_block_benchmark"]

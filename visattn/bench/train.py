@@ -4,7 +4,7 @@
 [--reuse-allocations]`` times whole SGD steps (forward, backward, update) on random 32x32 images after warm-up,
 interleaving the models round by round so that machine noise hits them alike; the ratio column is each model's step
 time over the plain ResNet-18's. ``--reuse-allocations`` first tells glibc's malloc to keep large blocks for reuse
-(:mod:`visattn.bench.allocator`), for the whole process.
+(:mod:`visattn.system.allocator`), for the whole process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 from ..blocks import list_blocks
 from ..models import create_attention_resnet, use_small_input_stem
-from .allocator import reuse_large_allocations
+from ..system.allocator import reuse_large_allocations
 from .timing import check_device, interleaved_medians
 
 __all__ = ["run_train_benchmark"]
@@ -50,7 +50,7 @@ def run_train_benchmark(
 ) -> list[dict[str, object]]:
     """Print a Markdown table of images/s per model; returns its rows.
 
-    ``reuse_allocations`` (CPU) calls :func:`~visattn.bench.allocator.reuse_large_allocations` first: a change to
+    ``reuse_allocations`` (CPU) calls :func:`~visattn.system.allocator.reuse_large_allocations` first: a change to
     this whole process that stays after the call.
     """
     check_device(device)

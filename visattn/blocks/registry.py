@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["register_block", "list_blocks", "get_block", "canonical_name", "create_block", "is_block", "block_inputs",
-           "aliases_of"]
+__all__ = ["register_block", "on_register", "list_blocks", "get_block", "canonical_name", "create_block", "is_block",
+           "block_inputs", "aliases_of"]
 
 BlockT = TypeVar("BlockT", bound=type[nn.Module])
 
@@ -21,6 +21,12 @@ _INPUTS: dict[str, int] = {}  # 1: an attn_layer block; 2: a block of two inputs
 # Called with each newly registered single-input block's name; visattn.models uses it to add timm variants
 # (resnet18_<name>).
 _ON_REGISTER: list[Callable[[str], None]] = []
+
+
+def on_register(callback: Callable[[str], None]) -> None:
+    """Call ``callback(name)`` for every single-input block registered from now on (visattn.models adds its timm
+    variants this way)."""
+    _ON_REGISTER.append(callback)
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..training.config import DataConfig
+from ..config import DataConfig
 from .cifar import load_cifar
 from .folder import DECODE_ERRORS, ImageFileDataset, read_rgb, scan_image_folder, scan_tiny_imagenet_val
 from .memory import decode_all, holdout_indices

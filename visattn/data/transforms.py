@@ -17,7 +17,7 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-from ..training.config import DataConfig
+from ..config import DataConfig
 
 __all__ = ["build_transform", "eval_geometry", "normalize_to_tensor", "transforms_from_list"]
 

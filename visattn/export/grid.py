@@ -14,7 +14,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .render import _check_image
+from .render import check_image
 
 __all__ = ["make_grid"]
 
@@ -100,11 +100,11 @@ def make_grid(image: np.ndarray, panels: Sequence[tuple[str, np.ndarray]], *, ti
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if not isinstance(title, str):
         raise TypeError(f"title must be a str, got {type(title).__name__}")
-    cells = [(original_label, _check_image(image))]
+    cells = [(original_label, check_image(image))]
     for i, panel in enumerate(panels):
         if not isinstance(panel, tuple) or len(panel) != 2 or not isinstance(panel[0], str):
             raise TypeError(f"panels[{i}] must be a (label: str, image: ndarray) pair, got {type(panel).__name__}")
-        cells.append((panel[0], _check_image(panel[1], f"panels[{i}] ({panel[0]!r}) image")))
+        cells.append((panel[0], check_image(panel[1], f"panels[{i}] ({panel[0]!r}) image")))
 
     label_font, title_font = _font(_LABEL_SIZE), _font(_TITLE_SIZE)
     label_height, title_height = _LABEL_SIZE + 8, _TITLE_SIZE + 12

@@ -12,7 +12,7 @@ import torch
 from matplotlib.colors import Colormap
 from PIL import Image
 
-__all__ = ["colorize", "blend"]
+__all__ = ["colorize", "blend", "check_image"]
 
 # Maps from min-max normalised CAMs carry float32 rounding just outside [0, 1]; anything further out is a caller bug.
 _RANGE_TOLERANCE = 1e-6
@@ -41,7 +41,7 @@ def _check_heatmap(heatmap: Any, name: str = "heatmap") -> np.ndarray:
     return np.clip(heatmap, 0.0, 1.0)
 
 
-def _check_image(image: Any, name: str = "image") -> np.ndarray:
+def check_image(image: Any, name: str = "image") -> np.ndarray:
     """Validate an ``(H, W, 3)`` uint8 RGB numpy image."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(image).__name__}")
@@ -119,7 +119,7 @@ def blend(image: np.ndarray, heatmap: np.ndarray | torch.Tensor, *, alpha: float
     Example:
         >>> overlay = blend(image, cam, alpha=0.4, cmap="turbo")  # doctest: +SKIP
     """
-    image = _check_image(image)
+    image = check_image(image)
     if isinstance(alpha, bool) or not isinstance(alpha, Real):
         raise TypeError(f"alpha must be a number in [0, 1], got {type(alpha).__name__}: {alpha!r}")
     if not 0.0 <= float(alpha) <= 1.0:  # also rejects NaN

@@ -32,7 +32,7 @@ from ..files import atomic_write, atomic_write_text
 from .gallery import render_index_html
 from .grid import make_grid
 from .naming import UniqueNames
-from .render import _check_image, blend
+from .render import blend, check_image
 
 __all__ = ["OverlayItem", "write_overlays"]
 
@@ -117,7 +117,7 @@ def _check_item(item: Any) -> None:
     probability = item.probability
     if isinstance(probability, bool) or not isinstance(probability, Real) or not 0.0 <= float(probability) <= 1.0:
         raise ValueError(f"{where}: probability must be a number in [0, 1], got {probability!r}")
-    _check_image(item.image, f"{where}.image")
+    check_image(item.image, f"{where}.image")
     for kind in ("cams", "block_maps"):
         maps = getattr(item, kind)
         if not isinstance(maps, Mapping) or not all(isinstance(name, str) for name in maps):

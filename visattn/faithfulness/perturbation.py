@@ -34,6 +34,7 @@ from ..utils import eval_mode, model_device_dtype
 
 __all__ = [
     "Explain",
+    "check_steps",
     "Baseline",
     "PerturbationResult",
     "deletion",
@@ -205,7 +206,7 @@ def make_baseline(images: torch.Tensor, baseline: Baseline, blur_sigma: float) -
                      f"got {baseline!r}")
 
 
-def _check_steps(steps: int) -> int:
+def check_steps(steps: int) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an int >= 2 (the curve needs both ends, fraction 0 and 1), got {steps!r}")
     return steps
@@ -271,7 +272,7 @@ def deletion(
     with eval_mode(model):
         maps = resolve_maps(saliency, images, classes, check_batch_size(batch_size))
         base = make_baseline(images, baseline, blur_sigma)
-        return _curves(model, images, classes, maps, base, _check_steps(steps), batch_size, reveal=False)
+        return _curves(model, images, classes, maps, base, check_steps(steps), batch_size, reveal=False)
 
 
 def insertion(
@@ -312,7 +313,7 @@ def insertion(
     with eval_mode(model):
         maps = resolve_maps(saliency, images, classes, check_batch_size(batch_size))
         base = make_baseline(images, baseline, blur_sigma)
-        return _curves(model, images, classes, maps, base, _check_steps(steps), batch_size, reveal=True)
+        return _curves(model, images, classes, maps, base, check_steps(steps), batch_size, reveal=True)
 
 
 def _describe(value: object) -> str:

@@ -34,16 +34,16 @@ from .perturbation import (
     Baseline,
     Explain,
     PerturbationResult,
-    _check_steps,
     check_batch_size,
     check_inputs,
+    check_steps,
     compute_maps,
     deletion,
     insertion,
 )
 from .pointing import PointingResult, centre_baseline, pointing_game
-from .road import RoadResult, _check_percentiles, road
-from .sanity import SanityResult, _resolve_layers, cascading_randomization
+from .road import RoadResult, check_percentiles, road
+from .sanity import SanityResult, cascading_randomization, resolve_sanity_layers
 
 __all__ = ["MethodScores", "FaithfulnessReport", "evaluate_faithfulness", "METRICS"]
 
@@ -291,11 +291,11 @@ def evaluate_faithfulness(
         if not isinstance(name, str) or not callable(make):
             raise ValueError(f"methods must map str names to callables make_explain(model) -> explain, got "
                              f"{name!r}: {type(make).__name__}")
-    _check_steps(steps)
-    _check_percentiles(percentiles)
+    check_steps(steps)
+    check_percentiles(percentiles)
     check_batch_size(batch_size)
     if sanity:
-        _resolve_layers(model, sanity_layers)
+        resolve_sanity_layers(model, sanity_layers)
     tolerances = _tolerances(tolerance)
     if masks is not None:  # fail before any work: the pointing game validates masks against maps of the right shape
         for t in tolerances:

@@ -39,7 +39,8 @@ from torch import nn
 from ..utils import eval_mode
 from .perturbation import Explain, check_batch_size, check_inputs, resolve_maps, saliency_rank, target_probabilities
 
-__all__ = ["RoadResult", "road", "linear_imputation", "noisy_linear_imputation", "imputation_residual"]
+__all__ = ["RoadResult", "road", "check_percentiles", "linear_imputation", "noisy_linear_imputation",
+           "imputation_residual"]
 
 # ROAD reference code's neighbour weights: direct neighbours 1/6, diagonal neighbours 1/12 (they sum to 1).
 _WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
@@ -233,7 +234,7 @@ def _check_noise(noise: float) -> None:
         raise ValueError(f"noise must be a non-negative number (std of the fill noise), got {noise!r}")
 
 
-def _check_percentiles(percentiles: Sequence[float]) -> torch.Tensor:
+def check_percentiles(percentiles: Sequence[float]) -> torch.Tensor:
     values = list(percentiles) if isinstance(percentiles, Sequence) else None
     if not values or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 < p < 100 for p in values):
         raise ValueError(f"percentiles must be a non-empty sequence of numbers strictly between 0 and 100 (a share "
@@ -280,7 +281,7 @@ def road(
     """
     images, classes = check_inputs(model, images, classes)
     check_batch_size(batch_size)
-    pcts = _check_percentiles(percentiles)
+    pcts = check_percentiles(percentiles)
     _check_noise(noise)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")

@@ -39,7 +39,8 @@ from torch import nn
 from ..utils import eval_mode
 from .perturbation import Explain, check_batch_size, check_inputs, compute_maps
 
-__all__ = ["SanityResult", "cascading_randomization", "default_sanity_layers", "spearman", "average_ranks"]
+__all__ = ["SanityResult", "cascading_randomization", "default_sanity_layers", "resolve_sanity_layers", "spearman",
+           "average_ranks"]
 
 _INIT_STD = 0.02
 
@@ -121,7 +122,7 @@ def default_sanity_layers(model: nn.Module) -> list[str]:
     return names + [""] if next(model.parameters(recurse=False), None) is not None else names
 
 
-def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+def resolve_sanity_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
     names = default_sanity_layers(model) if layers is None else layers
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
         raise ValueError(f"layers must be a non-empty sequence of module names (top of the model first), got "
@@ -200,7 +201,7 @@ def cascading_randomization(
         raise TypeError(f"make_explain must be a callable model -> explain function, got {type(make_explain).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    names = _resolve_layers(model, layers)
+    names = resolve_sanity_layers(model, layers)
     randomized = copy.deepcopy(model)  # before explaining: hooks the explain function leaves are not copied
     randomized.eval()
     with eval_mode(model):

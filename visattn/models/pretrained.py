@@ -15,7 +15,7 @@ from timm.models import generate_default_cfgs, load_pretrained, register_model
 from timm.models.resnet import ResNet
 
 from .stem import use_small_input_stem
-from .variants import _cfg, create_attention_resnet
+from .variants import create_attention_resnet, resnet_cfg
 
 __all__ = ["WEIGHTS_DIR", "QUICKSTART_ARGS"]
 
@@ -26,7 +26,7 @@ QUICKSTART_ARGS: dict[str, Any] = dict(layers=(1, 1, 1, 1), channels=(16, 32, 64
                                        zero_init_last=False, num_classes=10)
 
 default_cfgs = generate_default_cfgs({
-    "resnet18_cbam_quickstart.shapes": _cfg(
+    "resnet18_cbam_quickstart.shapes": resnet_cfg(
         file=str(WEIGHTS_DIR / "quickstart_resnet18_cbam_shapes.safetensors"), num_classes=10,
         input_size=(3, 32, 32), pool_size=(2, 2), crop_pct=1.0, license="apache-2.0",
         notes=("visattn quickstart: built-in shapes data, 96.3 % val; see weights/README.md",)),

@@ -23,10 +23,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, load_pretra
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..blocks import get_block, list_blocks
-from ..blocks.registry import _ON_REGISTER
+from ..blocks.registry import on_register
 from .stem import use_small_input_stem
 
-__all__ = ["ARCHITECTURES", "create_attention_resnet", "variant_names"]
+__all__ = ["ARCHITECTURES", "create_attention_resnet", "variant_names", "resnet_cfg"]
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "resnet18": dict(block=BasicBlock, layers=(2, 2, 2, 2)),
@@ -37,7 +37,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 default_cfgs: dict[str, Any] = {}  # read by timm's register_model from this module
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
+def resnet_cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "url": "",
         "num_classes": 1000,
@@ -134,7 +134,7 @@ def _register_variants(block: str) -> None:
                           f"variant under that name; use visattn.create_attention_resnet({arch!r}, {block!r})",
                           stacklevel=3)
             continue
-        default_cfgs.update(generate_default_cfgs({name: _cfg()}))
+        default_cfgs.update(generate_default_cfgs({name: resnet_cfg()}))
         fn = _make_entrypoint(arch, block)
         setattr(module, name, fn)
         register_model(fn)
@@ -142,4 +142,4 @@ def _register_variants(block: str) -> None:
 
 for _name in list_blocks():
     _register_variants(_name)
-_ON_REGISTER.append(_register_variants)
+on_register(_register_variants)

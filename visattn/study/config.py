@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.config import TrainConfig, load_train_config
-from ..training.config_loader import ConfigError, config_to_dict, format_override, load_config
+from ..config import TrainConfig, load_train_config
+from ..config.loader import ConfigError, config_to_dict, format_override, load_config
 
 __all__ = ["RunSpec", "StudyConfig", "config_hash", "load_study_config", "plan_runs"]
 

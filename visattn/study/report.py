@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..bench.machine import describe_machine
 from ..files import atomic_write, atomic_write_text
+from ..system.machine import describe_machine
 from .stats import mean_std, paired_difference
 
 __all__ = ["aggregate", "write_report", "markdown_summary"]
@@ -40,6 +40,8 @@ def aggregate(records: Sequence[dict[str, Any]], variants: Sequence[str], baseli
             "train_img_s_mean": mean_std([r["train_img_s"] for r in rows if r.get("train_img_s")])[0],
             "train_minutes_mean": minutes_mean,
             "train_minutes_std": minutes_std,
+            # CPU time of the runs that logged it for every epoch (robust to other work sharing the machine).
+            "cpu_minutes_mean": mean_std([r["cpu_seconds"] / 60 for r in rows if r.get("cpu_seconds")])[0],
         }
         if name != baseline:
             diff = paired_difference({r["seed"]: r["test_acc"] for r in rows}, base)
@@ -54,6 +56,10 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.1f}"
+
+
 def _signed_pct(value: float) -> str:
     return "-inf" if value == -math.inf else "+inf" if value == math.inf else f"{100 * value:+.2f}"
 
@@ -63,12 +69,12 @@ def markdown_summary(summary: dict[str, Any]) -> str:
     baseline = summary["baseline"]
     lines = [f"# {summary['title']}", "",
              f"{summary['finished']} of {summary['planned']} runs finished. Test top-1 is the last epoch's weights "
-             f"on the data set's own test split, which no run uses for any choice; the validation split held out of "
-             f"the training images picks nothing either (it only draws the curves). Machine: "
-             f"{describe_machine(summary['machine'])}.", "",
+             f"on the data set's own test split, which no run uses for any choice (the validation split held out of "
+             f"the training images draws the curves and picks the best epoch of the second column of the runs "
+             f"table). Machine: {describe_machine(summary['machine'])}.", "",
              f"| variant | runs | test top-1 % (mean +- std) | vs {baseline}, paired (95 % CI) | params | MFLOPs "
-             f"| train img/s | minutes per run |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| train img/s | minutes per run | CPU minutes per run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, v in summary["variants"].items():
         if name == baseline:
             versus = "(baseline)"
@@ -78,10 +84,12 @@ def markdown_summary(summary: dict[str, Any]) -> str:
             versus = f"{_signed_pct(d['mean'])} {interval}: {d['verdict']}"
         lines.append(f"| {name} | {v['runs']} | {_pct(v['test_acc_mean'])} +- {_pct(v['test_acc_std'])} | {versus} "
                      f"| {v['params'] / 1e6:.2f}M | {v['flops'] / 1e6:.0f} | {v['train_img_s_mean']:.0f} "
-                     f"| {v['train_minutes_mean']:.1f} |")
+                     f"| {v['train_minutes_mean']:.1f} | {_number(v.get('cpu_minutes_mean'))} |")
     lines += ["", "Differences are in percentage points, paired by seed (the runs of a seed share data order and "
               "augmentations); the interval is mean +- t(0.975, n-1) x std / sqrt(n) over the pairs. An interval that "
-              "includes 0 means these seeds cannot tell the block from the baseline.", "",
+              "includes 0 means these seeds cannot tell the block from the baseline. Minutes are wall time of the "
+              "training loop (evaluation included); CPU minutes add up all threads' CPU time, which other work on the "
+              "same machine barely changes.", "",
               "## Runs", "", "| variant | seed | test top-1 % | at best val epoch % | best epoch | epochs | minutes "
               "| precision |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(summary["records"], key=lambda r: (list(summary["variants"]).index(r["variant"]), r["seed"])):

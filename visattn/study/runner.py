@@ -21,15 +21,15 @@ from typing import Any, TextIO
 import torch
 from tqdm import tqdm
 
-from ..bench.machine import machine_info
+from ..config import TrainConfig
+from ..config.loader import ConfigError, load_config
 from ..files import atomic_write_text
+from ..pipelines.train import train
+from ..pipelines.trained import load_trained
+from ..system.machine import machine_info
 from ..training.checkpoint import checkpoint_progress
-from ..training.config import TrainConfig
-from ..training.config_loader import ConfigError, load_config
 from ..training.lock import RunInUse, RunLock
 from ..training.reporting import read_metrics
-from ..training.run import train
-from ..training.trained import load_trained
 from ..utils import count_flops
 from .config import RunSpec, StudyConfig, config_hash, plan_runs
 from .report import write_report
@@ -183,6 +183,8 @@ def _make_record(spec: RunSpec) -> dict[str, Any]:
         "flops": flops,
         "train_img_s": summary.get("train_img_s"),
         "train_seconds": summary["train_seconds"],
+        # Process CPU time of the training (all threads), from the metrics; None for runs logged without it.
+        "cpu_seconds": metrics[-1]["cpu_seconds"] if metrics and all("cpu_seconds" in r for r in metrics) else None,
         "amp": summary.get("amp"),
         "config_hash": config_hash(spec.config),
         "machine": machine_info(),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..config import TrainConfig, config_to_dict
 from ..files import atomic_write
 
-__all__ = ["save_weights", "save_checkpoint", "load_checkpoint", "checkpoint_progress", "unwrap_model"]
+__all__ = ["save_weights", "save_checkpoint", "load_checkpoint", "checkpoint_progress", "unwrap_model",
+           "weights_metadata"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -42,6 +44,11 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def _tensors(state: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     # safetensors wants contiguous CPU tensors that do not share storage.
     return {f"{prefix}{k}": v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def weights_metadata(cfg: TrainConfig, classes: Sequence[str], **extra: Any) -> dict[str, Any]:
+    """Metadata stored with best weights: enough to rebuild the model without the run folder."""
+    return {**extra, "model": cfg.model.name, "config": config_to_dict(cfg), "classes": list(classes)}
 
 
 def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .config import OptimConfig
+from ..config import OptimConfig
 from .distributed import DistInfo, all_reduce_sum
 from .optim import lr_at
 

@@ -7,8 +7,8 @@ import warnings
 import timm
 from torch import nn
 
+from ..config import ModelConfig
 from ..models import InjectionReport, inject, load_weights, read_state_dict, use_small_input_stem
-from .config import ModelConfig
 
 __all__ = ["build_model"]
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from ..config import OptimConfig
 
 __all__ = ["param_groups", "build_optimizer", "lr_at"]
 

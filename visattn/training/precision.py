@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AmpChoice", "resolve_amp", "time_train_step"]
+__all__ = ["AmpChoice", "resolve_amp", "time_train_step", "channels_last_hazard"]
 
 # At most this many images per timed step: the run's own batch size, since both the kernels oneDNN picks and the
 # allocator's behaviour (tensors above malloc's mmap threshold) change with it.
@@ -92,3 +92,22 @@ def resolve_amp(amp: str, device: torch.device, model: nn.Module, input_size: tu
         warnings.warn(f"loop.amp='bf16' is slower than float32 here ({measured}, {fp32 / bf16:.2f}x the speed); "
                       f"set loop.amp=auto to use the faster one", UserWarning, stacklevel=2)
     return AmpChoice("bf16", f"from the config; {measured}")
+
+
+# oneDNN's 1x1 stride-2 convolution computes its weight gradient through a "reduce to unit stride" workspace that it
+# overruns for channels_last inputs with fewer channels than its channel block (16 float32 channels with AVX-512):
+# heap corruption, or wrong gradients on some machines (https://github.com/uxlfoundation/oneDNN/issues/6035; seen
+# here with torch 2.14.1 / oneDNN 3.12 as a crash training an 8-channel ResNet stage at 64x64).
+_ONEDNN_1X1_MIN_CHANNELS = 16
+
+
+def channels_last_hazard(model: nn.Module) -> str | None:
+    """Why channels_last training on a CPU is unsafe for ``model`` (None when it is safe): a 1x1 strided convolution
+    with fewer than 16 input channels, which oneDNN's channels_last weight gradient mishandles."""
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and max(module.stride) > 1
+                and module.in_channels < _ONEDNN_1X1_MIN_CHANNELS):
+            return (f"{name} is a 1x1 stride-{max(module.stride)} convolution over {module.in_channels} channels, "
+                    f"whose channels_last weight gradient oneDNN computes wrongly on CPUs (oneDNN issue 6035); "
+                    f"widen it to {_ONEDNN_1X1_MIN_CHANNELS}+ channels to train channels_last")
+    return None

@@ -17,7 +17,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,22 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, get_worker_info
 
-from ..bench.allocator import reuse_large_allocations
 from ..cam.layers import resolve_layers
-from ..data.datasets import DataBundle, build_datasets, raw_images
+from ..config import TrainConfig
+from ..config.loader import read_yaml, save_config
+from ..data.datasets import DataBundle, build_datasets
 from ..data.folder import collate_skipping
 from ..files import atomic_write_text
+from ..system.allocator import reuse_large_allocations
 from ..utils import count_params
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights, unwrap_model
-from .config import TrainConfig
-from .config_loader import read_yaml, save_config
+from .checkpoint import load_checkpoint, save_checkpoint, save_weights, unwrap_model, weights_metadata
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
 from .lock import RunLock
 from .loop import EpochStats, Schedule, evaluate, train_one_epoch
 from .model import build_model
 from .optim import build_optimizer
-from .precision import resolve_amp
+from .precision import channels_last_hazard, resolve_amp
 from .reporting import append_metrics, plot_curves, read_metrics, summary_table
-from .trained import load_trained, weights_metadata
 
 __all__ = ["RunResult", "train", "resolve_device", "recorded_run_name"]
 
@@ -194,7 +193,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
         FileExistsError: ``run_dir`` holds a checkpoint and ``resume`` is False.
         RunInUse: another process is training in the run folder.
     """
-    from .. import __version__
+    from ..version import __version__
 
     device = resolve_device(cfg.loop.device)
     info = init_distributed(device)
@@ -215,6 +214,12 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     if cfg.eval.overlays and cfg.eval.overlay_layers:
         resolve_layers(model, cfg.eval.overlay_layers)  # a misspelt layer fails now, not after training
     model.to(device)
+    saved_cfg = cfg  # what config.yaml and the weights record; cfg may differ in how, never in what, it computes
+    hazard = channels_last_hazard(model) if cfg.loop.channels_last and device.type == "cpu" else None
+    if hazard:
+        if info.is_main:
+            warnings.warn(f"loop.channels_last is off for this run: {hazard}", UserWarning, stacklevel=2)
+        cfg = replace(cfg, loop=replace(cfg.loop, channels_last=False))
     if cfg.loop.channels_last:
         model.to(memory_format=torch.channels_last)
     amp = _resolve_amp(cfg, model, device, info)
@@ -258,13 +263,14 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     if info.is_main:
         lock.acquire()  # before reading the checkpoint: a live run may be about to replace it
     try:
-        return _train_in(run_dir, resume_file, cfg, config_path, data, model, inject_report, train_model, ema,
-                         optimizer, scaler, schedule, amp, device, info, on_epoch, __version__)
+        return _train_in(run_dir, resume_file, cfg, saved_cfg, config_path, data, model, inject_report, train_model,
+                         ema, optimizer, scaler, schedule, amp, device, info, on_epoch, __version__)
     finally:
         lock.release()
 
 
-def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, config_path: str | Path | None,
+def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, saved_cfg: TrainConfig,
+              config_path: str | Path | None,
               data: DataBundle, model: torch.nn.Module, inject_report: Any, train_model: torch.nn.Module,
               ema: Any, optimizer: torch.optim.Optimizer, scaler: Any, schedule: Schedule, amp: str,
               device: torch.device, info: DistInfo, on_epoch: Callable[[dict[str, Any]], None] | None,
@@ -285,7 +291,7 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, config_
         history = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch]
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml", extra={"visattn_version": version, "git_hash": _git_hash(),
+        save_config(saved_cfg, run_dir / "config.yaml", extra={"visattn_version": version, "git_hash": _git_hash(),
                                                           "torch_version": str(torch.__version__),
                                                           "run_name": _run_name(cfg, config_path)})
         if resume_file is not None:  # drop lines of epochs after the checkpoint (an interrupted run's last words)
@@ -302,8 +308,10 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, config_
         writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     # loop
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     earlier_seconds = float(history[-1].get("seconds", 0.0)) if history else 0.0  # a resumed run's time so far
+    # CPU time of this process, all threads: unlike wall time, it barely grows when other work shares the machine.
+    earlier_cpu = float(history[-1].get("cpu_seconds", 0.0)) if history else 0.0
     last_acc = next((r["val_acc"] for r in reversed(history) if "val_acc" in r), float("nan"))
     try:
         for epoch in range(start_epoch, cfg.loop.epochs):
@@ -328,6 +336,7 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, config_
                     ema_val = _evaluate(ema.module, data.val, cfg, info, device, amp)
                     record.update(ema_val_loss=ema_val.loss, ema_val_acc=ema_val.accuracy)
             record["seconds"] = earlier_seconds + time.perf_counter() - started
+            record["cpu_seconds"] = earlier_cpu + time.process_time() - started_cpu
             history.append(record)
             if info.is_main:
                 _report_epoch(record, cfg.loop.epochs, writer)
@@ -336,7 +345,7 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, config_
                 if improved:
                     best_acc = record["val_acc"]
                     save_weights(run_dir / "best.safetensors", unwrap_model(model).state_dict(),
-                                 weights_metadata(cfg, data.classes, epoch=epoch + 1, val_acc=best_acc))
+                                 weights_metadata(saved_cfg, data.classes, epoch=epoch + 1, val_acc=best_acc))
                 if (epoch + 1) % cfg.checkpoint.every == 0 or last_epoch:
                     save_checkpoint(run_dir / "last.safetensors", model=model, optimizer=optimizer, ema=ema,
                                     scaler=scaler,
@@ -354,18 +363,7 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, config_
     if info.is_main:
         _finish(run_dir, cfg, history, model, best_acc, last_acc, seconds, _unreadable_files(history),
                 {"amp": amp, **test})
-        if cfg.eval.overlays > 0 and (run_dir / "best.safetensors").is_file():
-            _write_overlays(run_dir, cfg, data.val)
     return RunResult(run_dir, best_acc, last_acc, len(history), seconds, test.get("test_acc"))
-
-
-def _write_overlays(run_dir: Path, cfg: TrainConfig, val: Any) -> None:
-    from ..export.explain import overlay_files  # PIL drawing and fonts: loaded only by runs that export
-
-    trained = load_trained(run_dir)  # the best weights, rebuilt exactly as `visattn overlay` would
-    manifest = overlay_files(trained, run_dir / "overlays", images=raw_images(val, cfg.eval.overlays),
-                             methods=cfg.eval.overlay_methods, target_layers=cfg.eval.overlay_layers)
-    print(f"overlays of {cfg.eval.overlays} validation images: {manifest.parent / 'index.html'}", flush=True)
 
 
 def _apply_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict[str, Any]]) -> list[str]:

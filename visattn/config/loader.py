@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ..files import atomic_write_text
-from .config_schema import ConfigError, _build, _got, _schema_fields, _to_plain, closest_key
+from .schema import ConfigError, build_dataclass, closest_key, describe_value, schema_fields, to_plain
 
 __all__ = [
     "ConfigError",
@@ -130,7 +130,7 @@ def load_config(schema: type[T], path: str | os.PathLike[str] | None = None, ove
     Example:
         >>> cfg = load_config(TrainConfig, 'configs/cifar10.yaml', ['optim.lr=0.05', 'model.inject.stages=[3,4]'])
     """
-    _schema_fields(schema)  # schema mistakes surface before any file is read
+    schema_fields(schema)  # schema mistakes surface before any file is read
     data: dict[str, Any] = {} if path is None else _load_file(Path(path), chain=())
     data.pop("_meta", None)
     if overrides:
@@ -160,7 +160,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for item in overrides:
         if not isinstance(item, str):
-            raise TypeError(f"each override must be a 'key=value' string, got {_got(item)}")
+            raise TypeError(f"each override must be a 'key=value' string, got {describe_value(item)}")
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep:
@@ -197,7 +197,7 @@ def format_override(key: str, value: Any) -> str:
     Raises:
         TypeError: if ``value`` cannot be written as YAML.
     """
-    text = yaml.dump(_to_plain(value, key), Dumper=_Dumper, default_flow_style=True, width=float("inf"),
+    text = yaml.dump(to_plain(value, key), Dumper=_Dumper, default_flow_style=True, width=float("inf"),
                      allow_unicode=True)
     # A plain top-level scalar is followed by an explicit document end ('0.1\n...\n'); drop it and the newline.
     text = text.removesuffix("...\n").removesuffix("\n")
@@ -218,10 +218,10 @@ def config_from_dict(schema: type[T], data: Mapping[str, Any]) -> T:
         ConfigError: unknown key, wrong type, missing required key, or ``__post_init__`` raised ``ValueError``.
         TypeError: if ``schema`` is not a dataclass or uses an unsupported field type.
     """
-    _schema_fields(schema)
+    schema_fields(schema)
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config must be a mapping of keys to values at the top level, got {_got(data)}")
-    return _build(schema, data, "", base=None)
+        raise ConfigError(f"config must be a mapping of keys to values at the top level, got {describe_value(data)}")
+    return build_dataclass(schema, data, "", base=None)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -238,7 +238,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     """
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"config_to_dict expects a dataclass instance, got {type(config).__name__}")
-    return _to_plain(config, "")
+    return to_plain(config, "")
 
 
 def save_config(config: Any, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None) -> None:
@@ -263,7 +263,7 @@ def save_config(config: Any, path: str | os.PathLike[str], *, extra: Mapping[str
     if extra is not None:
         if not isinstance(extra, Mapping):
             raise TypeError(f"extra must be a mapping, got {type(extra).__name__}")
-        data = {"_meta": _to_plain(extra, "_meta"), **data}
+        data = {"_meta": to_plain(extra, "_meta"), **data}
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
     atomic_write_text(path, text)
 
@@ -289,13 +289,13 @@ def _load_file(path: Path, chain: tuple[Path, ...], parent: Path | None = None) 
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"config file {resolved} must hold a mapping of config keys at the top level, "
-                          f"got {_got(data)}")
+                          f"got {describe_value(data)}")
     extends = data.pop("extends", None)
     if extends is None:
         return data
     bases = [extends] if isinstance(extends, str) else extends
     if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
-        raise ConfigError(f"'extends' in {resolved} must be a path or a list of paths, got {_got(extends)}")
+        raise ConfigError(f"'extends' in {resolved} must be a path or a list of paths, got {describe_value(extends)}")
     merged: dict[str, Any] = {}
     for base in bases:  # later bases win over earlier ones, the file itself over all of them
         merged = _deep_merge(merged, _load_file(resolved.parent / Path(base).expanduser(), (*chain, resolved),

@@ -39,7 +39,7 @@ def machine_info() -> dict[str, object]:
     """A JSON-ready description: CPU, cores, threads, GPU, and the versions of Python, torch, timm and visattn."""
     import timm
 
-    from .. import __version__
+    from ..version import __version__
 
     info: dict[str, object] = {
         "cpu": cpu_name(),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..cam import DEFAULT_OVERLAY_METHODS, canonical_cam_name
-from .config_loader import load_config
+from .loader import load_config
 
 __all__ = [
     "DataConfig",
@@ -156,7 +156,7 @@ class LoopConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
     # CPU: let glibc's malloc keep large freed blocks for reuse (as CUDA's caching allocator does) instead of mapping
-    # them anew every step; 1.3-1.9x faster steps measured on 2 cores. A process-wide setting (visattn.bench.allocator).
+    # them anew every step; 1.3-1.9x faster steps measured on 2 cores. Process-wide (visattn.system.allocator).
     reuse_allocations: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms; same config + seed -> same metrics on CPU
     ema_decay: float | None = None  # keep an EMA of the weights and evaluate it too

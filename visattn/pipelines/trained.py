@@ -20,12 +20,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from ..config import TrainConfig
+from ..config.loader import config_from_dict, load_config, merge_overrides
 from ..models import load_weights, read_state_dict
-from .config import TrainConfig
-from .config_loader import config_from_dict, config_to_dict, load_config, merge_overrides
-from .model import build_model
+from ..training.model import build_model
 
-__all__ = ["TrainedModel", "load_trained", "weights_metadata"]
+__all__ = ["TrainedModel", "load_trained"]
 
 
 @dataclass
@@ -43,11 +43,6 @@ class TrainedModel:
     config: TrainConfig
     classes: list[str]
     weights: Path
-
-
-def weights_metadata(cfg: TrainConfig, classes: Sequence[str], **extra: Any) -> dict[str, Any]:
-    """Metadata stored with best weights: enough to rebuild the model without the run folder."""
-    return {**extra, "model": cfg.model.name, "config": config_to_dict(cfg), "classes": list(classes)}
 
 
 def _metadata(path: Path) -> dict[str, Any]:

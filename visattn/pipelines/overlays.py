@@ -18,10 +18,10 @@ from ..cam import DEFAULT_OVERLAY_METHODS, BlockMapReader, create_cam, explain_m
 from ..cam.base import BaseCAM
 from ..cam.layers import LayerSpec, resolve_layers
 from ..data.transforms import eval_geometry, normalize_to_tensor
-from ..training.trained import TrainedModel
+from ..export.images import expand_image_sources, load_image
+from ..export.writer import OverlayItem, listed_overlay_files, write_overlays
 from ..utils import eval_mode, model_device_dtype
-from .images import expand_image_sources, load_image
-from .writer import OverlayItem, listed_overlay_files, write_overlays
+from .trained import TrainedModel
 
 __all__ = ["explain_images", "overlay_files", "read_sources"]
 
@@ -71,7 +71,7 @@ def explain_images(
     """Explain ``(name, RGB uint8 image)`` pairs with every method, preprocessed as the model was evaluated.
 
     Args:
-        trained: from :func:`visattn.training.trained.load_trained`.
+        trained: from :func:`visattn.pipelines.trained.load_trained`.
         images: ``(source name, (H, W, 3) uint8)`` pairs of any size; the training config's eval resize/crop runs
             first, and overlays are drawn on its output.
         methods: CAM names (see :func:`visattn.cam.list_cams`); each explains the predicted class.
@@ -192,7 +192,7 @@ def overlay_files(
     """
     import timm
 
-    from .. import __version__
+    from ..version import __version__
 
     errors: list[dict[str, str]] = []
     everything = chain(read_sources(sources, errors, skip_under=out_dir) if sources else (), images)

@@ -14,7 +14,7 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "closest_key"]
+__all__ = ["ConfigError", "closest_key", "build_dataclass", "describe_value", "schema_fields", "to_plain"]
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ def closest_key(key: str, valid: Iterable[str]) -> str | None:
 _FIELDS: dict[type, tuple[tuple[dataclasses.Field[Any], Any], ...]] = {}
 
 
-def _schema_fields(cls: type) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
+def schema_fields(cls: type) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
     """``(field, resolved type)`` for the init fields of ``cls``; checks every type once, nested classes included."""
     if cls in _FIELDS:
         return _FIELDS[cls]
@@ -92,7 +92,7 @@ def _check_type(tp: Any, where: str) -> None:
     if tp is Any or tp in (_NONE_TYPE, *_SCALARS, list, tuple, dict) or origin is Literal:
         return
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        _schema_fields(tp)
+        schema_fields(tp)
         return
     if origin in (Union, types.UnionType, list, tuple, dict):
         for arg in args:
@@ -102,8 +102,8 @@ def _check_type(tp: Any, where: str) -> None:
     raise TypeError(f"config schema field {where} has unsupported type {tp!r}; supported: {_SUPPORTED}")
 
 
-def _build(cls: type[T], data: Mapping[str, Any], path: str, base: Any) -> T:
-    fields = _schema_fields(cls)
+def build_dataclass(cls: type[T], data: Mapping[str, Any], path: str, base: Any) -> T:
+    fields = schema_fields(cls)
     names = [f.name for f, _ in fields]
     for k in data:
         if k not in names:
@@ -169,9 +169,9 @@ def _convert(value: Any, tp: Any, key: str, *, strict: bool, base: Any) -> Any:
             return value
     elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
-            return _build(tp, {}, key, base=value)
+            return build_dataclass(tp, {}, key, base=value)
         if isinstance(value, Mapping):
-            return _build(tp, value, key, base=base if isinstance(base, tp) else None)
+            return build_dataclass(tp, value, key, base=base if isinstance(base, tp) else None)
     elif tp in (list, tuple) or origin in (list, tuple):
         if isinstance(value, (list, tuple)):
             return _convert_sequence(value, tp, key, strict=strict)
@@ -228,7 +228,7 @@ def _short(value: Any) -> str:
     return _REPR.repr(value)
 
 
-def _got(value: Any) -> str:
+def describe_value(value: Any) -> str:
     return "None" if value is None else f"{type(value).__name__} {_short(value)}"
 
 
@@ -246,7 +246,7 @@ def _arms(tp: Any) -> tuple[Any, ...]:
 
 def _mismatch(value: Any, tp: Any, key: str) -> _TypeMismatch:
     literals = [a for arm in _arms(tp) if get_origin(arm) is Literal for a in get_args(arm)]
-    got = _short(value) if literals and isinstance(value, str) else _got(value)
+    got = _short(value) if literals and isinstance(value, str) else describe_value(value)
     message = f"{_label(key)} must be {_expected(tp)}, got {got}"
     if isinstance(value, str):
         hint = closest_key(value, [a for a in literals if isinstance(a, str)])
@@ -283,18 +283,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", repr(tp))
 
 
-def _to_plain(value: Any, key: str) -> Any:
+def to_plain(value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name), _join(key, f.name))
+        return {f.name: to_plain(getattr(value, f.name), _join(key, f.name))
                 for f in dataclasses.fields(value) if f.init}
     if isinstance(value, Mapping):
         for k in value:
             if k is not None and type(k) not in _SCALARS:
                 raise TypeError(f"cannot write config key {k!r} of {_label(key)} as YAML: keys must be "
                                 f"str, int, float, bool or None, got {type(k).__name__}")
-        return {k: _to_plain(v, _join(key, k)) for k, v in value.items()}
+        return {k: to_plain(v, _join(key, k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
     if value is None or type(value) in _SCALARS:
         return value
     raise TypeError(f"cannot write config value {_label(key)}={_short(value)} ({type(value).__name__}) as YAML; "

@@ -9,39 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..cam import create_cam
 from ..cam.layers import LayerSpec
-from ..data.datasets import build_datasets
-from ..data.synthetic import ShapesDataset
-from ..training.trained import TrainedModel
-from .perturbation import Explain
-from .report import FaithfulnessReport, evaluate_faithfulness
+from ..faithfulness.perturbation import Explain
+from ..faithfulness.report import FaithfulnessReport, evaluate_faithfulness
+from .samples import validation_batch
+from .trained import TrainedModel
 
-__all__ = ["evaluate_cams", "validation_batch"]
-
-
-def validation_batch(trained: TrainedModel, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The first ``count`` validation images (eval transform), their labels, and object masks where the data has them.
-
-    Raises:
-        ValueError: ``count`` is not a positive int.
-    """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"num_images must be a positive int, got {count!r}")
-    val = build_datasets(trained.config.data).val
-    count = min(count, len(val))
-    if isinstance(val, ShapesDataset):
-        samples = [val.get_with_mask(i) for i in range(count)]
-        images = torch.stack([s[0] for s in samples])
-        masks = torch.stack([torch.as_tensor(s[1]) for s in samples]).bool()
-        labels = torch.tensor([s[2] for s in samples])
-        return images, labels, masks
-    pairs = [val[i] for i in range(count)]
-    keep = [p for p in pairs if p is not None]  # unreadable files come back as None
-    return torch.stack([p[0] for p in keep]), torch.tensor([p[1] for p in keep]), None
+__all__ = ["evaluate_cams"]
 
 
 def _maker(method: str, target_layers: LayerSpec) -> Callable[[nn.Module], Explain]:
@@ -71,7 +48,7 @@ def evaluate_cams(
         >>> trained = load_trained("weights/quickstart_resnet18_cbam_shapes.safetensors")
         >>> print(evaluate_cams(trained, ["gradcam", "layercam"], num_images=100).table())  # doctest: +SKIP
     """
-    images, labels, masks = validation_batch(trained, num_images)
+    images, labels, masks = validation_batch(trained.config.data, num_images)
     device = next(trained.model.parameters()).device
     makers = {name: _maker(name, target_layers) for name in methods}
     return evaluate_faithfulness(trained.model, images.to(device), labels.to(device),
