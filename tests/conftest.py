@@ -1,7 +1,11 @@
-"""Shared fixtures: tiny inputs and a way to make a freshly built model look trained."""
+"""Shared toys: a way to make a freshly built model look trained, a tiny CIFAR folder, naive reference formulas."""
 
 from __future__ import annotations
 
+import math
+import pickle
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -40,3 +44,33 @@ def randomize_parameters(module: nn.Module, seed: int = 0) -> nn.Module:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def fake_cifar(root, name="cifar10", n_per_batch=6, protocol=pickle.DEFAULT_PROTOCOL):
+    """A CIFAR-10/100 python-version folder of random images under ``root`` (the real layout, tiny)."""
+    rng = np.random.default_rng(0)
+    if name == "cifar10":
+        folder, train_files, test_files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], \
+            ["test_batch"]
+        label_key, meta_file, meta = b"labels", "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]}
+    else:
+        folder, train_files, test_files = root / "cifar-100-python", ["train"], ["test"]
+        label_key, meta_file, meta = b"fine_labels", "meta", {b"fine_label_names": [f"c{i}".encode() for i in
+                                                                                     range(100)]}
+    folder.mkdir(parents=True)
+    for f in train_files + test_files:
+        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 label_key: list(rng.integers(0, 10, n_per_batch))}
+        (folder / f).write_bytes(pickle.dumps(batch, protocol=protocol))
+    (folder / meta_file).write_bytes(pickle.dumps(meta, protocol=protocol))
+    return folder
+
+
+def naive_sinusoid(y: float, x: float, dim: int) -> torch.Tensor:
+    """The 2-D sinusoid written out channel by channel."""
+    out = torch.zeros(dim, dtype=torch.float64)
+    for start, size, p in ((0, dim // 2, y), (dim // 2, dim - dim // 2, x)):
+        for k in range(size // 2):
+            angle = p / 10_000 ** (2 * k / size)
+            out[start + 2 * k], out[start + 2 * k + 1] = math.sin(angle), math.cos(angle)
+    return out

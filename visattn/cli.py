@@ -1,4 +1,4 @@
-"""``visattn`` command line: ``train``, ``study``, ``overlay``, ``evaluate-cams``, ``blocks`` and ``bench``."""
+"""``visattn`` command line: ``train``, ``study``, ``overlay``, ``evaluate-cams``, ``blocks``, ``bench``, ``config``."""
 
 from __future__ import annotations
 
@@ -137,6 +137,31 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors("config schema")
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import TrainConfig
+    from .config.json_schema import json_schema
+    from .files import atomic_write_text
+    from .study import StudyConfig
+
+    extends = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+               "description": "config file(s) this one deep-merges over, relative to it"}
+    if args.kind == "study":
+        schema = json_schema(StudyConfig, title="visattn study config", extra_keys={"extends": extends})
+    else:
+        schema = json_schema(TrainConfig, title="visattn training config", extra_keys={
+            "extends": extends, "_meta": {"type": "object", "description": "written by visattn into run folders"}})
+    text = json.dumps(schema, indent=2) + "\n"
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"written: {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -270,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                        help="continue the run folder this config names, or the given run folder / checkpoint")
     train.set_defaults(func=_cmd_train)
+
+    config = sub.add_parser("config", help="the config files' JSON Schema, for editors")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    schema = config_sub.add_parser("schema", help="print the JSON Schema of training (or study) config files",
+                                   description="JSON Schema (draft 2020-12) of the YAML config files: every key, its "
+                                               "type, default and description. Point your editor's YAML support at "
+                                               "it for completion and checking.")
+    schema.add_argument("kind", nargs="?", default="train", choices=["train", "study"])
+    schema.add_argument("--out", "-o", default=None, help="write it to this file instead of printing it")
+    schema.set_defaults(func=_cmd_config_schema)
 
     study = sub.add_parser(
         "study", help="train a grid of variants x seeds (resumable) and compare each variant with the baseline",

@@ -9,12 +9,11 @@ import torch.nn.functional as F
 import torchvision
 
 import visattn
+from tests.blocks.test_attention_core import SOFTMAX_SCORES
+from tests.conftest import make_trained_like, naive_sinusoid, randomize_parameters
 from visattn import CrossAttention2d, GatedFusion
 from visattn.blocks import block_inputs, create_block, list_blocks
 from visattn.cam import block_maps
-
-from .conftest import make_trained_like, randomize_parameters
-from .test_attention_scores import SOFTMAX_SCORES, _naive_encoding
 
 # --- cross-attention ----------------------------------------------------------------------------------------------
 
@@ -37,8 +36,8 @@ def naive_cross(block: CrossAttention2d, x, context):
     k_pos = [((s * i + (s - 1) / 2 + 0.5) * h / ch - 0.5, (s * j + (s - 1) / 2 + 0.5) * w / cw - 0.5)
              for i in range(kh) for j in range(kw)]
     if core.position == "sinusoidal":
-        q = q + torch.stack([_naive_encoding(*p, q.shape[-1]) for p in q_pos])
-        k = k + torch.stack([_naive_encoding(*p, k.shape[-1]) for p in k_pos])
+        q = q + torch.stack([naive_sinusoid(*p, q.shape[-1]) for p in q_pos])
+        k = k + torch.stack([naive_sinusoid(*p, k.shape[-1]) for p in k_pos])
     y = torch.zeros(x.shape[0], heads, h * w, v.shape[-1], dtype=x.dtype)
     for b, hd in itertools.product(range(x.shape[0]), range(heads)):
         logits = torch.empty(h * w, kh * kw, dtype=x.dtype)

@@ -7,7 +7,7 @@ import pytest
 from visattn.config import TrainConfig, load_train_config
 from visattn.config.loader import ConfigError, config_to_dict
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parent.name != "study")
 STUDIES = sorted((CONFIG_DIR / "study").glob("*.yaml"))
 

@@ -4,9 +4,8 @@ import torch
 from safetensors.torch import save_file
 
 import visattn
+from tests.conftest import make_trained_like
 from visattn.models import read_state_dict
-
-from .conftest import make_trained_like
 
 pytestmark = pytest.mark.filterwarnings("ignore:visattn.inject added:UserWarning")
 

@@ -5,9 +5,8 @@ import torchvision
 from torch import nn
 
 import visattn
+from tests.conftest import BLOCK_NAMES, make_trained_like
 from visattn.models import find_residual_blocks
-
-from .conftest import BLOCK_NAMES, make_trained_like
 
 pytestmark = pytest.mark.filterwarnings("ignore:visattn.inject added:UserWarning")
 

@@ -3,7 +3,6 @@ pair by pair from each equation (float64, 1e-10)."""
 
 import copy
 import itertools
-import math
 
 import pytest
 import timm
@@ -11,10 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import visattn
+from tests.conftest import make_trained_like, naive_sinusoid, randomize_parameters
 from visattn import PixelSelfAttention
 from visattn.blocks.positions import RelativePositionBias2d, grid_positions, sinusoidal_encoding_2d
-
-from .conftest import make_trained_like, randomize_parameters
 
 SOFTMAX_SCORES = ("embedded_gaussian", "dot", "gaussian", "bilinear", "additive", "concat")
 
@@ -22,16 +20,6 @@ SOFTMAX_SCORES = ("embedded_gaussian", "dot", "gaussian", "bilinear", "additive"
 def _tokens(t, heads):  # (B, heads*d, H, W) -> (B, heads, H*W, d)
     b = t.shape[0]
     return t.reshape(b, heads, t.shape[1] // heads, -1).transpose(-1, -2)
-
-
-def _naive_encoding(y: float, x: float, dim: int) -> torch.Tensor:
-    """The 2-D sinusoid written out channel by channel."""
-    out = torch.zeros(dim, dtype=torch.float64)
-    for start, size, p in ((0, dim // 2, y), (dim // 2, dim - dim // 2, x)):
-        for k in range(size // 2):
-            angle = p / 10_000 ** (2 * k / size)
-            out[start + 2 * k], out[start + 2 * k + 1] = math.sin(angle), math.cos(angle)
-    return out
 
 
 def naive_block(block: PixelSelfAttention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -58,8 +46,8 @@ def naive_block(block: PixelSelfAttention, x: torch.Tensor, mask: torch.Tensor |
     k_pos = [(s * i + (s - 1) / 2, s * j + (s - 1) / 2) for i in range(kh) for j in range(kw)]
     d = theta.shape[-1]
     if core.position == "sinusoidal":
-        theta = theta + torch.stack([_naive_encoding(*p, d) for p in q_pos])
-        phi = phi + torch.stack([_naive_encoding(*p, d) for p in k_pos])
+        theta = theta + torch.stack([naive_sinusoid(*p, d) for p in q_pos])
+        phi = phi + torch.stack([naive_sinusoid(*p, d) for p in k_pos])
     key_ok = None if mask is None else F.max_pool2d(mask[:, None].double(), s, ceil_mode=True).flatten(1) > 0
     y = torch.zeros(b, heads, h * w, g.shape[-1], dtype=x.dtype)
     for bi, hi in itertools.product(range(b), range(heads)):
@@ -155,7 +143,7 @@ def test_relative_bias_clips_offsets_and_is_size_free():
 def test_sinusoidal_encoding_matches_the_formula():
     pos = torch.tensor([[0.0, 0.0], [3.0, 5.0], [1.5, 7.5]], dtype=torch.float64)
     for dim in (4, 6, 7):
-        expected = torch.stack([_naive_encoding(float(y), float(x), dim) for y, x in pos])
+        expected = torch.stack([naive_sinusoid(float(y), float(x), dim) for y, x in pos])
         torch.testing.assert_close(sinusoidal_encoding_2d(pos, dim), expected, atol=1e-12, rtol=0)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import fake_cifar
 from visattn.config import DataConfig
 from visattn.data.cifar import load_cifar
 from visattn.data.datasets import build_datasets
@@ -14,28 +15,9 @@ from visattn.data.folder import collate_skipping, read_rgb
 from visattn.data.transforms import build_transform, transforms_from_list
 
 
-def _fake_cifar(root, name="cifar10", n_per_batch=6, protocol=pickle.DEFAULT_PROTOCOL):
-    rng = np.random.default_rng(0)
-    if name == "cifar10":
-        folder, train_files, test_files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], \
-            ["test_batch"]
-        label_key, meta_file, meta = b"labels", "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]}
-    else:
-        folder, train_files, test_files = root / "cifar-100-python", ["train"], ["test"]
-        label_key, meta_file, meta = b"fine_labels", "meta", {b"fine_label_names": [f"c{i}".encode() for i in
-                                                                                     range(100)]}
-    folder.mkdir(parents=True)
-    for f in train_files + test_files:
-        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 label_key: list(rng.integers(0, 10, n_per_batch))}
-        (folder / f).write_bytes(pickle.dumps(batch, protocol=protocol))
-    (folder / meta_file).write_bytes(pickle.dumps(meta, protocol=protocol))
-    return folder
-
-
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_pickle_layout(tmp_path, name):
-    _fake_cifar(tmp_path, name)
+    fake_cifar(tmp_path, name)
     images, labels, classes = load_cifar(name, tmp_path, "train")
     assert images.shape == ((30 if name == "cifar10" else 6), 32, 32, 3) and images.dtype == np.uint8
     assert len(labels) == len(images) and len(classes) == (10 if name == "cifar10" else 100)
@@ -46,13 +28,13 @@ def test_cifar_pickle_layout(tmp_path, name):
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_cifar_copies_repacked_with_any_protocol_load(tmp_path, protocol):
-    _fake_cifar(tmp_path, protocol=protocol)
+    fake_cifar(tmp_path, protocol=protocol)
     images, labels, _ = load_cifar("cifar10", tmp_path, "test")
     assert images.shape == (6, 32, 32, 3) and len(labels) == 6
 
 
 def test_cifar_channel_order_matches_the_format(tmp_path):
-    folder = _fake_cifar(tmp_path)
+    folder = fake_cifar(tmp_path)
     row = np.zeros(3072, dtype=np.uint8)
     row[:1024] = 200  # the red plane comes first in the CIFAR format
     batch = {b"data": row[None], b"labels": [3]}
@@ -67,7 +49,7 @@ def test_cifar_missing_says_where_files_go(tmp_path):
 
 
 def test_cifar_reader_refuses_code_in_pickles(tmp_path):
-    folder = _fake_cifar(tmp_path)
+    folder = fake_cifar(tmp_path)
 
     class Evil:
         def __reduce__(self):

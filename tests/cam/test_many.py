@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 import visattn
+from tests.conftest import randomize_parameters
 from visattn.cam import BlockMapReader, block_maps, create_cam, explain_many, list_cams
-
-from .conftest import randomize_parameters
 
 
 def _model() -> nn.Module:

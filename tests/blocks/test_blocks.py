@@ -9,9 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import visattn
+from tests.conftest import BLOCK_NAMES, randomize_parameters
 from visattn.utils import count_params
-
-from .conftest import BLOCK_NAMES, randomize_parameters
 
 # Odd spatial sizes, 1x1, and channel counts that no reduction ratio divides.
 SHAPES = [(2, 24, 7, 5), (1, 13, 1, 1), (2, 37, 33, 31)]

@@ -3,9 +3,8 @@ import timm
 import torch
 
 import visattn
+from tests.conftest import BLOCK_NAMES
 from visattn.models import variant_names
-
-from .conftest import BLOCK_NAMES
 
 
 def test_every_block_has_three_timm_variants():

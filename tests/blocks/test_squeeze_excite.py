@@ -1,8 +1,7 @@
 import torch
 
+from tests.conftest import randomize_parameters
 from visattn import SqueezeExcite
-
-from .conftest import randomize_parameters
 
 
 def test_equals_paper_equation():

@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
+from tests.faithfulness.test_toys import REGION, RegionNet, input_gradient, mask_maps, random_maps, region_images
 from visattn.faithfulness import FaithfulnessReport, evaluate_faithfulness
 from visattn.faithfulness.report import METRICS
-
-from .test_faithfulness_toys import REGION, RegionNet, input_gradient, mask_maps, random_maps, region_images
 
 N = 3
 CLASSES = torch.ones(N, dtype=torch.long)

@@ -14,7 +14,7 @@ from visattn.training import loop as loop_module
 from visattn.training import run as run_module
 from visattn.training.loop import TrainingDiverged, evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.num_train=384", "data.num_val=192", "data.batch_size=32", "loop.progress=false", "optim.warmup_epochs=0",
         "eval.overlays=0"]
 

@@ -18,7 +18,7 @@ from visattn.data.transforms import build_transform
 from visattn.pipelines.trained import load_trained
 from visattn.training.checkpoint import save_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "weights" / "quickstart_resnet18_cbam_shapes.safetensors"
 
 

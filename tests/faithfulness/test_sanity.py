@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from tests.faithfulness.test_toys import RegionNet, input_gradient, mask_maps, region_images
 from visattn.faithfulness import cascading_randomization, default_sanity_layers, spearman
 from visattn.faithfulness.sanity import _reinitialize, average_ranks
-
-from .test_faithfulness_toys import RegionNet, input_gradient, mask_maps, region_images
 
 N = 3
 CLASSES = torch.ones(N, dtype=torch.long)

@@ -5,9 +5,8 @@ import importlib.util
 import pytest
 import torch
 
+from tests.faithfulness.test_toys import H, RegionNet, W, mask_maps, random_maps, region_images
 from visattn.faithfulness import imputation_residual, linear_imputation, noisy_linear_imputation, road
-
-from .test_faithfulness_toys import H, RegionNet, W, mask_maps, random_maps, region_images
 
 N = 3
 CLASSES = torch.ones(N, dtype=torch.long)

@@ -4,10 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from tests.faithfulness.test_toys import H, RegionNet, W, input_gradient, mask_maps, random_maps, region_images
 from visattn.faithfulness import deletion, gaussian_blur, insertion
 from visattn.faithfulness.perturbation import saliency_rank
-
-from .test_faithfulness_toys import H, RegionNet, W, input_gradient, mask_maps, random_maps, region_images
 
 N = 4
 CLASSES = torch.ones(N, dtype=torch.long)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import fake_cifar
 from visattn.config import load_train_config
 from visattn.config.loader import ConfigError
 from visattn.study import load_study_config, plan_runs, run_study
@@ -246,7 +247,7 @@ def test_two_processes_share_the_grid_and_never_train_a_run_twice(tiny_study):
 
 # --- the shipped study on other data: only data: changes ----------------------------------------------------------
 
-STUDY = Path(__file__).resolve().parents[1] / "configs" / "study" / "cifar10_cpu.yaml"
+STUDY = Path(__file__).resolve().parents[2] / "configs" / "study" / "cifar10_cpu.yaml"
 _TINY_NET = ["model.kwargs={layers: [1, 1, 1, 1], channels: [16, 16, 16, 16], stem_width: 16}", "loop.epochs=1",
              "data.batch_size=4", "loop.amp=none"]
 
@@ -260,9 +261,7 @@ def _one_run(tmp_path, data_overrides):
 
 
 def test_the_cifar10_study_runs_on_cifar100_by_changing_data_only(tmp_path):
-    from tests.test_data import _fake_cifar
-
-    _fake_cifar(tmp_path / "data", "cifar100", n_per_batch=24)
+    fake_cifar(tmp_path / "data", "cifar100", n_per_batch=24)
     records = _one_run(tmp_path, ["data.name=cifar100", f"data.root={tmp_path / 'data'}", "data.val_split=4"])
     assert all(0 <= r["test_acc"] <= 1 for r in records)
 

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
+from tests.conftest import randomize_parameters
 from visattn import CBAM, ChannelAttention, SpatialAttention
-
-from .conftest import randomize_parameters
 
 
 def _pair(channels):

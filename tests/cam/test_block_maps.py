@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import visattn
+from tests.conftest import randomize_parameters
 from visattn.blocks import PixelSelfAttention
 from visattn.cam import block_maps
-
-from .conftest import randomize_parameters
 
 
 def _cbam_model(order: str = "channel_first") -> torch.nn.Module:

@@ -9,9 +9,8 @@ import timm
 import torch
 from torch import nn
 
+from tests.test_utils import HeadFirst
 from visattn.cam import create_cam, list_cams
-
-from .test_utils import HeadFirst
 
 
 def _model() -> nn.Module:

@@ -9,10 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 
+from tests.conftest import randomize_parameters
 from visattn import PixelSelfAttention
 from visattn.blocks.self_attention import PAIRWISE_FUNCTIONS
-
-from .conftest import randomize_parameters
 
 
 def naive_non_local(block: PixelSelfAttention, x: torch.Tensor) -> torch.Tensor:
