@@ -61,13 +61,14 @@ def _flop_table() -> dict[object, object]:
     return {op: _cpu_attention_flops} if op is not None else {}  # keyed by overload packet, as torch does
 
 
-def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """FLOPs of one forward pass as counted by ``torch.utils.flop_counter`` (convs, matmuls, attention), and its output.
+def count_flops(model: nn.Module, *inputs: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """FLOPs of one forward pass ``model(*inputs)`` as counted by ``torch.utils.flop_counter`` (convs, matmuls,
+    attention), and its output.
 
     Element-wise work (pooling, gating, normalisation) is not counted, as in most papers' FLOP tables.
     """
     with FlopCounterMode(display=False, custom_mapping=_flop_table()) as counter:
-        out = model(x)
+        out = model(*inputs)
     return counter.get_total_flops(), out
 
 

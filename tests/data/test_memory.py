@@ -76,8 +76,15 @@ def test_val_split_makes_the_data_sets_own_split_the_test_set(tmp_path):
     assert build_datasets(DataConfig(**{**cfg.__dict__, "val_split": None})).test is None
 
 
+def test_val_split_on_the_built_in_data_holds_out_generated_images():
+    bundle = build_datasets(DataConfig(num_train=100, num_val=30, val_split=20))
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (80, 20, 30)
+    assert sorted(bundle.train.indices + bundle.val.indices) == list(range(100))
+    assert bundle.val.transform is not bundle.train.transform  # held out: evaluation preprocessing
+    image, label = bundle.val[0]
+    assert image.shape == (3, 32, 32) and label == bundle.val.targets[0]
+
+
 def test_val_split_errors():
-    with pytest.raises(ValueError, match="shapes data draws its own validation set"):
-        build_datasets(DataConfig(val_split=10))
     with pytest.raises(ConfigError, match=r"val_split must be a count >= 1 or a fraction in \(0, 1\), got 1.5"):
         load_config(TrainConfig, None, ["data.val_split=1.5"])

@@ -14,8 +14,8 @@ def _model():
 
 
 def _fake_timings(monkeypatch, fp32, bf16):
-    monkeypatch.setattr(precision, "time_train_step", lambda model, size, *, amp, channels_last, batch_size:
-                        bf16 if amp == "bf16" else fp32)
+    monkeypatch.setattr(precision, "time_train_step", lambda model, size, *, amp, channels_last, batch_size,
+                        side_features: bf16 if amp == "bf16" else fp32)
 
 
 def test_auto_on_cpu_takes_the_measured_faster_precision(monkeypatch):

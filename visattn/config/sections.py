@@ -18,6 +18,8 @@ from .loader import load_config
 
 __all__ = [
     "DataConfig",
+    "SideConfig",
+    "FusionConfig",
     "InjectConfig",
     "ModelConfig",
     "OptimConfig",
@@ -38,6 +40,33 @@ def _check_at_least(section: object, minimum: int | float, *names: str) -> None:
         value = getattr(section, name)
         if value is not None and not value >= minimum:  # `not >=`: NaN fails too
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+@dataclass
+class SideConfig:
+    """A second input per image, a feature vector, for fusion models (``model.fusion``).
+
+    ``imagefolder``: CSV files with one row per image, the image's path relative to its folder in ``file_column`` and
+    the features in ``columns``. ``shapes``: the built-in data's own side vector, the class's one-hot code plus
+    Gaussian noise (informative, but noisy).
+    """
+
+    csv: str | None = None  # imagefolder: the rows of the images under data.root
+    val_csv: str | None = None  # imagefolder: the rows of the images under data.val_root
+    columns: list[str] | None = None  # imagefolder: the feature columns, in order
+    file_column: str = "file"
+    noise: float = 1.0  # shapes: std of the noise added to the class's one-hot code
+    features: int = 16  # shapes: vector width (the first 10 carry the one-hot code, the rest only noise)
+
+    def __post_init__(self) -> None:
+        if (self.csv is None) != (self.columns is None):
+            raise ValueError(f"csv and columns go together (the file and its feature columns), got csv={self.csv!r}, "
+                             f"columns={self.columns!r}")
+        if self.columns is not None and (not self.columns or len(set(self.columns)) != len(self.columns)):
+            raise ValueError(f"columns must name distinct feature columns, got {self.columns}")
+        if not self.noise >= 0 or math.isinf(self.noise):
+            raise ValueError(f"noise must be a finite number >= 0, got {self.noise}")
+        _check_at_least(self, 1, "features")
 
 
 @dataclass
@@ -68,6 +97,7 @@ class DataConfig:
     # Hold this many training images (or this fraction of them) out as the validation set, which picks the best
     # epoch; the data set's own val / test split is then the test set, scored once at the end of the run.
     val_split: int | float | None = None
+    side: SideConfig | None = None  # a feature vector per image, for model.fusion
     batch_size: int = 128
     eval_batch_size: int | None = None  # default: 2 x batch_size
     num_workers: int = 0
@@ -85,6 +115,13 @@ class DataConfig:
         if self.val_split is not None and not (self.val_split >= 1 if isinstance(self.val_split, int)
                                                else 0 < self.val_split < 1):
             raise ValueError(f"val_split must be a count >= 1 or a fraction in (0, 1), got {self.val_split}")
+        if self.side is not None and self.name in ("cifar10", "cifar100"):
+            raise ValueError(f"side: {self.name} has no side vectors; use an imagefolder copy with side.csv")
+        if self.side is not None and self.name == "imagefolder" and self.side.val_csv is None:
+            raise ValueError("side.val_csv must name the CSV of the images under data.val_root (paths relative to it)")
+        if self.side is not None and (self.name == "imagefolder") != (self.side.csv is not None):
+            raise ValueError("side: an imagefolder reads its vectors from side.csv (and side.val_csv) with "
+                             "side.columns; the built-in shapes data makes its own and takes no csv")
         if not all(math.isfinite(m) for m in self.mean) or not all(s > 0 and math.isfinite(s) for s in self.std):
             raise ValueError(f"mean must be finite and std finite and > 0, got mean={self.mean}, std={self.std}")
 
@@ -101,6 +138,19 @@ class InjectConfig:
 
 
 @dataclass
+class FusionConfig:
+    """An image backbone and the side vector of ``data.side``, fused by a two-input block, then a linear classifier."""
+
+    inputs: Literal["both", "image", "side"] = "both"  # what the classifier sees; image / side alone: the baselines
+    block: str = "gated_fusion"  # the two-input block fusing the pooled image features with the side vector
+    out_channels: int | None = None  # the fused width; default: the backbone's feature width
+    side_hidden: int = 64  # inputs='side': the hidden width of the side-only MLP
+
+    def __post_init__(self) -> None:
+        _check_at_least(self, 1, "out_channels", "side_hidden")
+
+
+@dataclass
 class ModelConfig:
     """Any timm model name (visattn registers ``resnet18_cbam`` and friends), plus visattn's options."""
 
@@ -110,6 +160,7 @@ class ModelConfig:
     small_input_stride: Literal[1, 2] = 1
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model (layers, channels, ...)
     inject: InjectConfig | None = None
+    fusion: FusionConfig | None = None  # a second, non-image input (data.side): see FusionConfig
     drop_path_rate: float = 0.0
 
 
@@ -208,6 +259,18 @@ class TrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        side, fusion = self.data.side, self.model.fusion
+        if fusion is not None and side is None:
+            raise ValueError("model.fusion fuses the image with data.side's vector; set data.side (csv and columns "
+                             "for an imagefolder, or {} for the built-in shapes data's own)")
+        if side is not None and fusion is None:
+            raise ValueError("data.side gives every image a second input, which only a fusion model reads; set "
+                             "model.fusion (e.g. {inputs: both})")
+        if fusion is not None and self.eval.overlays:
+            raise ValueError("eval.overlays explains single-input models; a fusion model has two inputs: set "
+                             "eval.overlays=0")
 
 
 def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:

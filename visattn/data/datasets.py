@@ -15,6 +15,7 @@ from ..config import DataConfig
 from .cifar import load_cifar
 from .folder import DECODE_ERRORS, ImageFileDataset, read_rgb, scan_image_folder, scan_tiny_imagenet_val
 from .memory import decode_all, holdout_indices
+from .side import SideDataset, read_side_csv, shapes_side
 from .synthetic import ShapesDataset
 from .transforms import build_transform
 
@@ -54,6 +55,10 @@ class ArrayDataset(Dataset):
 def raw_images(dataset: Dataset, count: int) -> list[tuple[str, np.ndarray]]:
     """The first ``count`` images of a data set as ``(name, RGB uint8)``, before any transform (for overlays)."""
     count = min(count, len(dataset))  # type: ignore[arg-type]
+    if isinstance(dataset, SideDataset):
+        return raw_images(dataset.base, count)
+    if isinstance(dataset, IndexedDataset) and isinstance(dataset.base, ShapesDataset):
+        return [(f"val_{i:04d}", dataset.base.sample(j).image) for i, j in enumerate(dataset.indices[:count])]
     if isinstance(dataset, ShapesDataset):
         return [(f"val_{i:04d}", dataset.sample(i).image) for i in range(count)]
     if isinstance(dataset, ArrayDataset):
@@ -103,16 +108,25 @@ class _Source:
     def __init__(self, targets: list[int], classes: Sequence[str], *, samples: list[tuple[str, int]] | None = None,
                  images: np.ndarray | list[np.ndarray] | None = None, names: list[str] | None = None) -> None:
         self.targets, self.classes, self.samples, self.images, self.names = targets, classes, samples, images, names
+        self.side: np.ndarray | None = None  # a feature vector per sample (data.side)
+
+    @property
+    def paths(self) -> list[str]:
+        """The image files, where the samples come from files."""
+        return [path for path, _ in self.samples] if self.samples is not None else list(self.names or [])
 
     def take(self, indices: np.ndarray | None, transform: Callable[..., dict[str, Any]]) -> Dataset:
         """The data set of the samples at ``indices`` (all with None) through ``transform``."""
         keep = np.arange(len(self.targets)) if indices is None else indices
+        dataset: Dataset
         if self.samples is not None:
-            return ImageFileDataset([self.samples[i] for i in keep], self.classes, transform)
-        assert self.images is not None
-        images = self.images[keep] if isinstance(self.images, np.ndarray) else [self.images[i] for i in keep]
-        names = [self.names[i] for i in keep] if self.names is not None else None
-        return ArrayDataset(images, [self.targets[i] for i in keep], self.classes, transform, names)
+            dataset = ImageFileDataset([self.samples[i] for i in keep], self.classes, transform)
+        else:
+            assert self.images is not None
+            images = self.images[keep] if isinstance(self.images, np.ndarray) else [self.images[i] for i in keep]
+            names = [self.names[i] for i in keep] if self.names is not None else None
+            dataset = ArrayDataset(images, [self.targets[i] for i in keep], self.classes, transform, names)
+        return SideDataset(dataset, self.side[keep]) if self.side is not None else dataset
 
 
 def _file_source(samples: list[tuple[str, int]], classes: Sequence[str], cfg: DataConfig) -> _Source:
@@ -135,6 +149,58 @@ def _bundle(cfg: DataConfig, train: _Source, evaluation: _Source, native_size: i
                       test=evaluation.take(None, eval_tf))
 
 
+class IndexedDataset(Dataset):
+    """The samples of ``base`` at ``indices``, in that order (a held-out part of a generated split)."""
+
+    def __init__(self, base: Any, indices: Sequence[int]) -> None:
+        self.base, self.indices = base, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.base[self.indices[index]]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.base.classes)
+
+    @property
+    def targets(self) -> list[int]:
+        targets = self.base.targets
+        return [targets[i] for i in self.indices]
+
+    @property
+    def transform(self) -> Any:
+        return getattr(self.base, "transform", None)
+
+
+def _shapes(cfg: DataConfig) -> DataBundle:
+    """The built-in data: generated train and val splits (and with ``val_split``, val held out of train and the
+    generated val split as the test set), with side vectors where ``cfg.side`` asks for them."""
+    def split(name: str, n: int | None, train: bool) -> ShapesDataset:
+        return ShapesDataset(name, num_samples=n, image_size=cfg.image_size, seed=cfg.seed,
+                             transform=build_transform(cfg, train=train, native_size=cfg.image_size))
+
+    def with_side(ds: Any, name: str, rows: np.ndarray | None = None) -> Any:
+        if cfg.side is None:
+            return ds
+        side = shapes_side(ds.targets if rows is None else ds.base.targets, len(ShapesDataset.classes), cfg.side,
+                           cfg.seed, name)
+        return SideDataset(ds, side if rows is None else side[rows])
+
+    train, val = split("train", cfg.num_train, True), split("val", cfg.num_val, False)
+    classes = tuple(train.classes)
+    if cfg.val_split is None:
+        return DataBundle(with_side(train, "train"), with_side(val, "val"), classes)
+    kept, held_out = holdout_indices(train.targets, cfg.val_split, cfg.seed)
+    # The held-out images get the evaluation transform: the same generated split, seen through another pipeline.
+    train_eval = split("train", cfg.num_train, False)
+    return DataBundle(with_side(IndexedDataset(train, kept), "train", kept),
+                      with_side(IndexedDataset(train_eval, held_out), "train", held_out), classes,
+                      test=with_side(val, "val"))
+
+
 def build_datasets(cfg: DataConfig) -> DataBundle:
     """Train and validation (and with ``data.val_split``, test) sets for ``cfg``, each with its albumentations
     pipeline attached.
@@ -144,14 +210,7 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
         ValueError: inconsistent data options.
     """
     if cfg.name == "shapes":
-        if cfg.val_split is not None:
-            raise ValueError("data.val_split applies to cifar10, cifar100 and imagefolder; the shapes data draws its "
-                             "own validation set (data.num_val)")
-        train = ShapesDataset("train", num_samples=cfg.num_train, image_size=cfg.image_size, seed=cfg.seed,
-                              transform=build_transform(cfg, train=True, native_size=cfg.image_size))
-        val = ShapesDataset("val", num_samples=cfg.num_val, image_size=cfg.image_size, seed=cfg.seed,
-                            transform=build_transform(cfg, train=False, native_size=cfg.image_size))
-        return DataBundle(train, val, tuple(train.classes))
+        return _shapes(cfg)
 
     if cfg.name in ("cifar10", "cifar100"):
         root = _require_root(cfg)
@@ -188,5 +247,8 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
             raise ValueError(f"data.val_root classes differ from data.root's: {val_classes[:5]} vs {classes[:5]}")
     train_samples = [train_samples[i] for i in _subset(cfg.num_train, len(train_samples), cfg.seed)]
     val_samples = [val_samples[i] for i in _subset(cfg.num_val, len(val_samples), cfg.seed)]
-    return _bundle(cfg, _file_source(train_samples, classes, cfg), _file_source(val_samples, classes, cfg),
-                   native_size=None)
+    train_source, val_source = _file_source(train_samples, classes, cfg), _file_source(val_samples, classes, cfg)
+    if cfg.side is not None:  # checked before anything trains: a bad row stops the run here, naming file and row
+        train_source.side = read_side_csv(cfg.side.csv, train_source.paths, root, cfg.side)
+        val_source.side = read_side_csv(cfg.side.val_csv, val_source.paths, val_root, cfg.side)
+    return _bundle(cfg, train_source, val_source, native_size=None)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..config.loader import config_from_dict, load_config, merge_overrides
+from ..data.side import side_width
 from ..models import load_weights, read_state_dict
 from ..training.model import build_model
 
@@ -168,7 +169,7 @@ def load_trained(
     if not isinstance(classes, list) or (outputs is not None and len(classes) != outputs):
         count = outputs if outputs is not None else 1000
         classes = [f"class_{i}" for i in range(count)]
-    model, _ = build_model(cfg.model, num_classes=len(classes))
+    model, _ = build_model(cfg.model, num_classes=len(classes), side_features=side_width(cfg.data))
     load_weights(model, state)
     return TrainedModel(model.to(device).eval(), cfg, [str(c) for c in classes], weights)
 

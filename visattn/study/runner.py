@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..config import TrainConfig
 from ..config.loader import ConfigError, load_config
+from ..data.side import side_width
 from ..files import atomic_write_text
 from ..pipelines.train import train
 from ..pipelines.trained import load_trained
@@ -167,8 +168,10 @@ def _make_record(spec: RunSpec) -> dict[str, Any]:
     trained = load_trained(spec.run_dir)
     size = spec.config.data.image_size
     in_chans = int(spec.config.model.kwargs.get("in_chans", 3))
+    side = side_width(spec.config.data)
+    inputs = (torch.zeros(1, in_chans, size, size), *([torch.zeros(1, side)] if side else []))
     with torch.no_grad():
-        flops, _ = count_flops(trained.model.eval(), torch.zeros(1, in_chans, size, size))
+        flops, _ = count_flops(trained.model.eval(), *inputs)
     return {
         "variant": spec.variant,
         "seed": spec.seed,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -76,12 +76,14 @@ def _autocast(device: torch.device, amp: str) -> torch.autocast | nullcontext:
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_device(inputs: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The model's inputs (the images, then a side vector where the data has one) and the labels, on ``device``."""
+    images, *rest = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=True)
+    return (images, *(t.to(device, non_blocking=True) for t in rest)), labels.to(device, non_blocking=True)
 
 
 def _reduce(sums: list[float], info: DistInfo, seconds: float, device: torch.device) -> EpochStats:
@@ -129,13 +131,13 @@ def train_one_epoch(
             _check_corrupt(max(int(n_skipped), 1), on_corrupt)
         if empty:
             continue
-        images, labels = _to_device(images, labels, device, channels_last)
+        inputs, labels = _to_device(images, labels, device, channels_last)
         lr = lr_at(step, schedule.total_steps, schedule.warmup_steps, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         with _autocast(device, amp):
-            logits = model(images)
+            logits = model(*inputs)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
         (diverged,) = _on_any_rank(info, device, not bool(torch.isfinite(loss)))
         if diverged:
@@ -197,9 +199,9 @@ def evaluate(
         # on its own and the 'fail' policy is applied after the one reduction below, on every rank alike.
         if len(labels) == 0:
             continue
-        images, labels = _to_device(images, labels, device, channels_last)
+        inputs, labels = _to_device(images, labels, device, channels_last)
         with _autocast(device, amp):
-            logits = model(images)
+            logits = model(*inputs)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         count += labels.numel()

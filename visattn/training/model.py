@@ -9,12 +9,16 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import InjectionReport, inject, load_weights, read_state_dict, use_small_input_stem
+from ..models.fusion import FusionClassifier
 
 __all__ = ["build_model"]
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, InjectionReport | None]:
-    """Create ``cfg.name`` with ``num_classes`` outputs, then stem, weights and injection, in that order.
+def build_model(cfg: ModelConfig, num_classes: int, side_features: int | None = None
+                ) -> tuple[nn.Module, InjectionReport | None]:
+    """Create ``cfg.name`` with ``num_classes`` outputs, then stem, weights and injection, in that order; with
+    ``cfg.fusion``, that model (without its classifier) becomes the image backbone of a
+    :class:`~visattn.models.fusion.FusionClassifier` reading ``side_features``-wide side vectors.
 
     Weights load before injection, so ``inject`` checks its identity property on the trained model, unless they
     come from a run that injected the blocks itself (they then carry the blocks' keys and load after). A checkpoint
@@ -24,6 +28,18 @@ def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Injectio
     Raises:
         ValueError: an unknown model name (from timm, with its close matches), or weights that do not fit.
     """
+    if cfg.fusion is None:
+        return _image_model(cfg, num_classes)
+    if side_features is None:
+        raise ValueError("model.fusion needs the side vector's width (data.side)")
+    backbone, report = (None, None) if cfg.fusion.inputs == "side" else _image_model(cfg, 0)
+    fusion = cfg.fusion
+    model = FusionClassifier(backbone, side_features, num_classes, inputs=fusion.inputs, block=fusion.block,
+                             out_channels=fusion.out_channels, side_hidden=fusion.side_hidden)
+    return model, report
+
+
+def _image_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, InjectionReport | None]:
     if not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
         raise ValueError(f"model.name={cfg.name!r} is not a timm model; similar: {close}")
@@ -58,6 +74,8 @@ def _inject(model: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, InjectionRep
 def _load(model: nn.Module, state: dict, source: str) -> None:
     own = model.state_dict()
     head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    if not any(k.startswith(f"{head}.") for k in own):  # built without a classifier (a fusion backbone)
+        state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     if mismatched and all(k.startswith(f"{head}.") for k in mismatched):
         warnings.warn(f"{source}: classifier '{head}' has another class count; it is re-initialised",

@@ -34,10 +34,11 @@ class AmpChoice:
 
 
 def time_train_step(model: nn.Module, input_size: tuple[int, int, int], *, amp: str, channels_last: bool,
-                    batch_size: int = _PROBE_BATCH, repeats: int = 2) -> float:
+                    batch_size: int = _PROBE_BATCH, repeats: int = 2, side_features: int | None = None) -> float:
     """Seconds of one forward + backward pass of a copy of ``model`` on random data (the fastest of ``repeats``).
 
     The copy sits on ``model``'s device; ``model``, its gradients and the global random state are left as they were.
+    A fusion model (``side_features``) gets a random side vector as its second input.
     """
     device = next(model.parameters()).device
     probe = copy.deepcopy(model).train()
@@ -48,13 +49,15 @@ def time_train_step(model: nn.Module, input_size: tuple[int, int, int], *, amp: 
         labels = torch.randint(0, classes, (batch_size,), device=device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        inputs = (images,) if side_features is None else (images, torch.randn(batch_size, side_features,
+                                                                                device=device))
         best = float("inf")
         for i in range(repeats + 1):  # the first pass only warms up (oneDNN builds its kernels then)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-                loss = F.cross_entropy(probe(images), labels)
+                loss = F.cross_entropy(probe(*inputs), labels)
             loss.backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -65,7 +68,8 @@ def time_train_step(model: nn.Module, input_size: tuple[int, int, int], *, amp: 
 
 
 def resolve_amp(amp: str, device: torch.device, model: nn.Module, input_size: tuple[int, int, int], *,
-                channels_last: bool = False, batch_size: int = _PROBE_BATCH) -> AmpChoice:
+                channels_last: bool = False, batch_size: int = _PROBE_BATCH, side_features: int | None = None
+                ) -> AmpChoice:
     """The precision for ``loop.amp``: ``'auto'`` is bf16 on CUDA (fp16 where bf16 is missing) and, on a CPU,
     whichever of bf16 and float32 trains ``model`` faster. An explicit ``'bf16'`` on a CPU where it measures slower
     is kept, with a warning that says so.
@@ -83,8 +87,10 @@ def resolve_amp(amp: str, device: torch.device, model: nn.Module, input_size: tu
     if amp == "none" or (amp == "auto" and device.type != "cpu"):
         return AmpChoice("none", "from the config" if amp == "none" else f"auto on {device.type}")
     batch = min(batch_size, _PROBE_BATCH)
-    fp32 = time_train_step(model, input_size, amp="none", channels_last=channels_last, batch_size=batch)
-    bf16 = time_train_step(model, input_size, amp="bf16", channels_last=channels_last, batch_size=batch)
+    fp32 = time_train_step(model, input_size, amp="none", channels_last=channels_last, batch_size=batch,
+                           side_features=side_features)
+    bf16 = time_train_step(model, input_size, amp="bf16", channels_last=channels_last, batch_size=batch,
+                           side_features=side_features)
     measured = f"a training step took {1e3 * bf16:.0f} ms in bf16 and {1e3 * fp32:.0f} ms in float32 on this CPU"
     if amp == "auto":
         return AmpChoice("bf16" if bf16 * _MIN_GAIN < fp32 else "none", f"auto: {measured}")

@@ -31,6 +31,7 @@ from ..config import TrainConfig
 from ..config.loader import read_yaml, save_config
 from ..data.datasets import DataBundle, build_datasets
 from ..data.folder import collate_skipping
+from ..data.side import side_width
 from ..files import atomic_write_text
 from ..system.allocator import reuse_large_allocations
 from ..utils import count_params
@@ -210,7 +211,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
     data = build_datasets(cfg.data)
 
     # model
-    model, inject_report = build_model(cfg.model, data.num_classes)
+    model, inject_report = build_model(cfg.model, data.num_classes, side_features=side_width(cfg.data))
     if cfg.eval.overlays and cfg.eval.overlay_layers:
         resolve_layers(model, cfg.eval.overlay_layers)  # a misspelt layer fails now, not after training
     model.to(device)
@@ -402,7 +403,8 @@ def _resolve_amp(cfg: TrainConfig, model: torch.nn.Module, device: torch.device,
     """``loop.amp`` made concrete (``'auto'`` measured on a CPU); every rank takes rank 0's choice."""
     in_chans = int(cfg.model.kwargs.get("in_chans", 3))
     choice = resolve_amp(cfg.loop.amp, device, model, (in_chans, cfg.data.image_size, cfg.data.image_size),
-                         channels_last=cfg.loop.channels_last, batch_size=cfg.data.batch_size)
+                         channels_last=cfg.loop.channels_last, batch_size=cfg.data.batch_size,
+                         side_features=side_width(cfg.data))
     amp = choice.amp
     if info.enabled and cfg.loop.amp == "auto" and device.type != "cuda":
         options = ("none", "bf16")
