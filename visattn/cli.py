@@ -22,6 +22,16 @@ def _first_doc_line(obj: object) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of ``err``; for an error re-raised from a DataLoader worker, the worker's own message (its last
+    line) instead of the traceback text that PyTorch wraps around it."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def _user_errors(command: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
     """Decorate a subcommand so that a bad argument or file ends in ``visattn <command>: <message>`` and exit
     status 2, not a traceback (an exit status 1 stays free for a command's own failure, e.g. maps that differ)."""
@@ -38,7 +48,8 @@ def _user_errors(command: str) -> Callable[[Callable[[argparse.Namespace], int]]
                 if os.environ.get("VISATTN_DEBUG"):  # the traceback, for telling a bug from a bad argument
                     raise
                 kind = "config error: " if isinstance(err, ConfigError) else ""
-                print(f"visattn {command}: {kind}{err} (VISATTN_DEBUG=1 shows the traceback)", file=sys.stderr)
+                print(f"visattn {command}: {kind}{_one_line(err)} (VISATTN_DEBUG=1 shows the traceback)",
+                      file=sys.stderr)
             return 2
         return run
     return wrap
@@ -93,6 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_train_config
     from .config.loader import format_override
     from .pipelines.train import train
+    from .training.loop import TrainingInterrupted
     from .training.run import recorded_run_name
 
     overrides = [*args.overrides, *(args.set or [])]
@@ -113,7 +125,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = [format_override("checkpoint.run_name", name), *overrides]
         print(f"resume: using {config}")
     cfg = load_train_config(config, overrides)
-    train(cfg, config_path=config_path, resume=resume)
+    try:
+        train(cfg, config_path=config_path, resume=resume)
+    except TrainingInterrupted as err:
+        print(f"visattn train: {err}", file=sys.stderr)
+        return 130  # the shell's status for Ctrl-C
     return 0
 
 
@@ -124,7 +140,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
     study = load_study_config(args.config, args.set or [])
     seeds = [int(s) for s in _split(args.seeds)] if args.seeds else None
     variants = _split(args.variants) if args.variants else None
-    result = run_study(study, [*args.overrides], variants=variants, seeds=seeds, train_runs=not args.report)
+    try:
+        result = run_study(study, [*args.overrides], variants=variants, seeds=seeds, train_runs=not args.report)
+    except KeyboardInterrupt as err:
+        detail = f" ({err})" if str(err) else ""
+        print(f"visattn study: interrupted{detail}; run the same command again to continue where it stopped",
+              file=sys.stderr)
+        return 130
     if result.busy:
         print(f"{len(result.busy)} run(s) are being trained by another process: {', '.join(result.busy)}; run the "
               f"same command again when they finish to include them")
@@ -190,6 +212,17 @@ def _queries(text: str) -> list[tuple[float, float]]:
     return pairs  # type: ignore[return-value]
 
 
+def _explain_errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError
+
+
+_EXPLAIN_ERRORS = _explain_errors()
+
+
 def _cmd_overlay(args: argparse.Namespace) -> int:
     import json
 
@@ -215,7 +248,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
                                  target_layers=layers, block_patterns=blocks, queries=_queries(args.query),
                                  heads=args.heads, alpha=args.alpha, cmap=args.cmap, batch_size=args.batch_size,
                                  progress=sys.stderr.isatty())
-    except (OSError, ValueError, RuntimeError) as err:  # missing files, bad weights or arguments: say what, no trace
+    except _EXPLAIN_ERRORS as err:  # missing files, bad weights or arguments: say what, no trace
         print(f"visattn overlay: {err}", file=sys.stderr)
         return 2
     data = json.loads(manifest.read_text())
@@ -238,7 +271,7 @@ def _cmd_evaluate_cams(args: argparse.Namespace) -> int:
                                out_dir=args.out, sanity=not args.no_sanity, batch_size=args.batch_size,
                                tolerance=args.tolerance,
                                progress=sys.stderr.isatty())
-    except (OSError, ValueError, RuntimeError) as err:
+    except _EXPLAIN_ERRORS as err:
         print(f"visattn evaluate-cams: {err}", file=sys.stderr)
         return 2
     print(report.table(markdown=args.markdown))

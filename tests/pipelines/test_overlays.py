@@ -197,3 +197,27 @@ def test_timm_preprocessing_follows_an_image_size_override_and_squash_crops() ->
     assert timm.models.get_pretrained_cfg("coat_lite_medium_384").crop_mode == "squash"  # timm resizes both sides
     first = _timm_config("coat_lite_medium_384", []).data.eval_transforms[0]
     assert first["name"] == "Resize" and first["height"] == first["width"] == 384
+
+
+def test_the_gallery_shows_relative_position_attention_per_head(tmp_path: Path) -> None:
+    # A non-local model with 2-D relative positions, trained for one epoch, explained with --heads: the gallery holds
+    # the mean map and each head's map of the query pixel, as files that decode.
+    from visattn.config import load_train_config
+    from visattn.pipelines.train import train
+
+    cfg = load_train_config(None, [
+        "data.num_train=64", "data.num_val=16", "data.batch_size=16", "loop.epochs=1", "loop.progress=false",
+        "model.name=resnet18_nonlocal", "model.small_input=true",
+        "model.kwargs={layers: [1, 1, 1, 1], channels: [16, 16, 16, 16], stem_width: 16, "
+        "attn_kwargs: {num_heads: 2, position: relative, rd_channels: 8}}"])
+    run = train(cfg, run_dir=tmp_path / "run").run_dir
+    out = tmp_path / "gallery"
+    assert main(["overlay", str(run), "--samples", "2", "--out", str(out), "--methods", "gradcam",
+                 "--blocks", "layer3.*", "--query", "0.5,0.5", "--heads"]) == 0
+    entry = json.loads((out / "manifest.json").read_text())["images"][0]
+    maps = entry["files"]["block_maps"]
+    assert set(maps) == {"layer3.0.se@0.5,0.5", "layer3.0.se@0.5,0.5#h0", "layer3.0.se@0.5,0.5#h1"}
+    for rel in maps.values():
+        with Image.open(out / rel) as im:
+            im.load()
+    assert (out / "index.html").read_text().count("<img") >= 2  # one grid per image, with every map in it

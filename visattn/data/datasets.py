@@ -109,6 +109,7 @@ class _Source:
                  images: np.ndarray | list[np.ndarray] | None = None, names: list[str] | None = None) -> None:
         self.targets, self.classes, self.samples, self.images, self.names = targets, classes, samples, images, names
         self.side: np.ndarray | None = None  # a feature vector per sample (data.side)
+        self.on_corrupt = "skip"  # what an unreadable file does: skipped, or a ValueError naming it
 
     @property
     def paths(self) -> list[str]:
@@ -120,7 +121,7 @@ class _Source:
         keep = np.arange(len(self.targets)) if indices is None else indices
         dataset: Dataset
         if self.samples is not None:
-            dataset = ImageFileDataset([self.samples[i] for i in keep], self.classes, transform)
+            dataset = ImageFileDataset([self.samples[i] for i in keep], self.classes, transform, self.on_corrupt)
         else:
             assert self.images is not None
             images = self.images[keep] if isinstance(self.images, np.ndarray) else [self.images[i] for i in keep]
@@ -131,7 +132,9 @@ class _Source:
 
 def _file_source(samples: list[tuple[str, int]], classes: Sequence[str], cfg: DataConfig) -> _Source:
     if not cfg.in_memory:
-        return _Source([label for _, label in samples], classes, samples=samples)
+        source = _Source([label for _, label in samples], classes, samples=samples)
+        source.on_corrupt = cfg.on_corrupt
+        return source
     paths = [path for path, _ in samples]
     images, kept = decode_all(paths, on_corrupt=cfg.on_corrupt)
     return _Source([samples[i][1] for i in kept], classes, images=images, names=[paths[i] for i in kept])

@@ -141,13 +141,17 @@ def scan_tiny_imagenet_val(val_root: str | Path, class_names: Sequence[str]) -> 
 
 
 class ImageFileDataset(Dataset):
-    """Images read from files; an unreadable file gives ``None`` (see ``collate_skipping``)."""
+    """Images read from files; an unreadable file gives ``None`` (see ``collate_skipping``), or with
+    ``on_corrupt='fail'`` a ``ValueError`` that names it."""
 
     def __init__(self, samples: list[tuple[str, int]], classes: Sequence[str],
-                 transform: Callable[..., dict[str, Any]] | None = None) -> None:
+                 transform: Callable[..., dict[str, Any]] | None = None, on_corrupt: str = "skip") -> None:
+        if on_corrupt not in ("skip", "fail"):
+            raise ValueError(f"on_corrupt must be 'skip' or 'fail', got {on_corrupt!r}")
         self.samples = samples
         self.classes = tuple(classes)
         self.transform = transform
+        self.on_corrupt = on_corrupt
 
     @property
     def targets(self) -> list[int]:
@@ -160,7 +164,10 @@ class ImageFileDataset(Dataset):
         path, label = self.samples[index]
         try:
             image = read_rgb(path)
-        except DECODE_ERRORS:
+        except DECODE_ERRORS as err:
+            if self.on_corrupt == "fail":
+                raise ValueError(f"cannot read image {path}: {err} (data.on_corrupt='fail'; set "
+                                 f"data.on_corrupt=skip to skip unreadable files with a summary warning)") from None
             return None
         if self.transform is not None:
             image = self.transform(image=image)["image"]

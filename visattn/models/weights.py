@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parameter import is_lazy
@@ -21,15 +23,30 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str
 
     Wrappers that training scripts add (``{'state_dict': ...}``, ``{'model': ...}``, DDP's ``module.`` prefix) are
     removed.
+
+    Raises:
+        FileNotFoundError: no file at ``source``.
+        ValueError: the file is not a valid safetensors file, or a torch file holding more than tensors (which
+            ``weights_only`` loading refuses to unpickle).
     """
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
         if path.suffix == ".safetensors":
-            state = load_file(str(path))
+            try:
+                state = load_file(str(path))
+            except SafetensorError as err:
+                raise ValueError(f"{path} is not a valid safetensors file ({err})") from None
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary code
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary code
+            except pickle.UnpicklingError as err:
+                lines = [line.strip() for line in str(err).splitlines() if "Unpickler error" in line]
+                reason = lines[0][:200] if lines else type(err).__name__
+                raise ValueError(f"{path} holds more than tensors, and visattn loads torch files with "
+                                 f"weights_only=True, which never runs pickled code ({reason}); save a state_dict "
+                                 f"of tensors, or the weights as .safetensors") from None
     elif isinstance(source, Mapping):
         state = source
     else:

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import timm
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -49,8 +49,11 @@ class TrainedModel:
 def _metadata(path: Path) -> dict[str, Any]:
     if path.suffix != ".safetensors":
         return {}
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except SafetensorError as err:  # a corrupt or hostile header (one claiming 2^60 bytes, say)
+        raise ValueError(f"{path} is not a valid safetensors file ({err})") from None
     out = {}
     for key, value in raw.items():
         try:

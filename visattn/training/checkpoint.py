@@ -150,6 +150,20 @@ def checkpoint_progress(path: str | Path) -> dict[str, Any]:
     return json.loads(meta["progress"])
 
 
+def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse, in one sentence, a checkpoint of another architecture (torch would dump every key)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})" for keys, what in
+                 ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if keys]
+        raise ValueError(f"{path} was written by another architecture than the config builds: {'; '.join(parts)} "
+                         f"weights. Resume with the config it was trained with: visattn train --resume "
+                         f"{path.parent} (without --config) uses the run folder's config.yaml")
+
+
 def load_checkpoint(
         path: str | Path,
         *,
@@ -180,6 +194,7 @@ def load_checkpoint(
     def section(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
+    _check_fits(unwrap_model(model), section("model."), path)
     unwrap_model(model).load_state_dict(section("model."))
     if ema is not None:
         ema.load_state_dict(section("ema."))

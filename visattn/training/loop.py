@@ -16,11 +16,15 @@ from ..config import OptimConfig
 from .distributed import DistInfo, all_reduce_sum
 from .optim import lr_at
 
-__all__ = ["EpochStats", "Schedule", "TrainingDiverged", "train_one_epoch", "evaluate"]
+__all__ = ["EpochStats", "Schedule", "TrainingDiverged", "TrainingInterrupted", "train_one_epoch", "evaluate"]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the run folder keeps its last checkpoint (the message says which)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) during training; the message says what the run folder holds and how to resume."""
 
 
 def _bar_disabled(progress: bool, info: DistInfo) -> bool | None:
@@ -143,7 +147,7 @@ def train_one_epoch(
         if diverged:
             where = f"{loss.item()}" + (" (or not finite on another rank)" if info.enabled else "")
             raise TrainingDiverged(f"loss is {where} at epoch {epoch + 1}, step {step}; lower optim.lr or set "
-                                   f"optim.grad_clip. The last good checkpoint is kept.")
+                                   f"optim.grad_clip.")
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

@@ -46,7 +46,10 @@ def _image_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Injecti
     kwargs = dict(cfg.kwargs)
     if cfg.drop_path_rate > 0:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
-    model = timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **kwargs)
+    try:
+        model = timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **kwargs)
+    except (TypeError, IndexError, AssertionError) as err:  # what timm's constructors raise for arguments they reject
+        raise ValueError(f"model.kwargs {kwargs} do not fit timm's {cfg.name!r}: {type(err).__name__}: {err}") from None
     if cfg.small_input:
         use_small_input_stem(model, stride=cfg.small_input_stride)
 

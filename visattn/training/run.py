@@ -35,10 +35,17 @@ from ..data.side import side_width
 from ..files import atomic_write_text
 from ..system.allocator import reuse_large_allocations
 from ..utils import count_params
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights, unwrap_model, weights_metadata
+from .checkpoint import (
+    checkpoint_progress,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+    unwrap_model,
+    weights_metadata,
+)
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
 from .lock import RunLock
-from .loop import EpochStats, Schedule, evaluate, train_one_epoch
+from .loop import EpochStats, Schedule, TrainingDiverged, TrainingInterrupted, evaluate, train_one_epoch
 from .model import build_model
 from .optim import build_optimizer
 from .precision import channels_last_hazard, resolve_amp
@@ -63,7 +70,10 @@ def resolve_device(name: str) -> torch.device:
     """``'auto'`` -> cuda if available else cpu; anything else must be a valid, available torch device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"loop.device={name!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"loop.device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
     return device
@@ -314,6 +324,7 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, saved_c
     # CPU time of this process, all threads: unlike wall time, it barely grows when other work shares the machine.
     earlier_cpu = float(history[-1].get("cpu_seconds", 0.0)) if history else 0.0
     last_acc = next((r["val_acc"] for r in reversed(history) if "val_acc" in r), float("nan"))
+    epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.loop.epochs):
             epoch_seed = cfg.loop.seed * 1_000_003 + epoch
@@ -355,6 +366,11 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, saved_c
                     on_epoch(record)
             barrier(info)
         test = _test(model, run_dir, data.test, cfg, info, device, amp) if data.test is not None else {}
+    except TrainingDiverged as err:
+        raise TrainingDiverged(f"{err} {_kept(run_dir)}") from None
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} of {cfg.loop.epochs}; {_kept(run_dir)} Resume "
+                                  f"with: visattn train --resume {run_dir}") from None
     finally:
         if writer is not None:
             writer.close()
@@ -446,6 +462,14 @@ def _report_epoch(record: dict[str, Any], epochs: int, writer: Any) -> None:
         for key, value in record.items():
             if key not in ("epoch", "step"):
                 writer.add_scalar(key, value, record["epoch"])
+
+
+def _kept(run_dir: Path) -> str:
+    """What the run folder holds to resume from, in a sentence."""
+    last = run_dir / "last.safetensors"
+    if not last.is_file():
+        return "No checkpoint was written yet, so there is nothing to resume: start the run again."
+    return f"{last} holds epoch {checkpoint_progress(last)['epoch']}."
 
 
 def _mean(values: list[float]) -> float | None:
