@@ -63,5 +63,5 @@ def test_quickstart_variant_keeps_one_stem_and_refuses_contradictions():
     assert [f["reduction"] for f in backbone.feature_info] == [2, 2, 4, 8, 16]  # the stride-2 stem, applied once
     with pytest.raises(ValueError, match="always has its small-input stem of stride 2"):
         timm.create_model("resnet18_cbam_quickstart", small_input_stride=1)
-    with pytest.raises(ValueError, match="forward_intermediates"):
-        timm.create_model("resnet18_cbam_quickstart", pretrained=True, features_only=True)
+    pretrained = timm.create_model("resnet18_cbam_quickstart", pretrained=True, features_only=True)
+    assert pretrained.feature_info.reduction() == [2, 2, 4, 8, 16]

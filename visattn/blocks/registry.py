@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from timm.layers import register_notrace_module
 from torch import nn
 
 __all__ = ["register_block", "on_register", "list_blocks", "get_block", "canonical_name", "create_block", "is_block",
@@ -36,7 +37,8 @@ def register_block(name: str, *, aliases: Sequence[str] = (), inputs: int = 1) -
 
     A single-input block must follow timm's ``attn_layer`` contract: ``Block(channels, **kwargs)`` returning a module
     that maps ``(B, C, H, W) -> (B, C, H, W)``. To support ``inject(..., init='identity')`` it should also accept
-    ``identity_init: bool``. Registering one also adds the timm models ``resnet18_<name>``, ``resnet34_<name>`` and
+    ``identity_init: bool``. A registered block is a leaf for FX tracing (timm's ``register_notrace_module``).
+    Registering one also adds the timm models ``resnet18_<name>``, ``resnet34_<name>`` and
     ``resnet50_<name>``. A block of two inputs (``inputs=2``: ``forward(x, other)``) gets no timm models.
 
     Args:
@@ -77,6 +79,9 @@ def register_block(name: str, *, aliases: Sequence[str] = (), inputs: int = 1) -
                               f"{name!r}", stacklevel=2)
         _BLOCKS[name] = cls
         _INPUTS[name] = inputs
+        # FX tracing (timm's feature extraction, torchvision's create_feature_extractor, quantisation tools) keeps a
+        # block as one call: its forward picks kernels by layout and device, which symbolic values cannot answer.
+        register_notrace_module(cls)
         for alias in aliases:
             _ALIASES[alias] = name
         if inputs == 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from timm.layers import register_notrace_module
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -28,6 +29,7 @@ __all__ = ["inject_cross", "CrossAttendingStage"]
 _IDENTITY_RTOL = 1e-5
 
 
+@register_notrace_module  # its context comes from a hook or its input: one opaque call for FX tracing
 class CrossAttendingStage(nn.Sequential):
     """A ResNet stage (``nn.Sequential`` of residual blocks) followed by cross-attention to a context map.
 

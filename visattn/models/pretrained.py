@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from timm.models import generate_default_cfgs, load_pretrained, register_model
+from timm.models import FeatureListNet, generate_default_cfgs, load_pretrained, register_model
 from timm.models.resnet import ResNet
 
 from .stem import use_small_input_stem
@@ -41,9 +41,10 @@ def resnet18_cbam_quickstart(pretrained: bool = False, **kwargs: Any) -> ResNet:
     if not kwargs.pop("small_input", True) or kwargs.pop("small_input_stride", 2) != 2:
         raise ValueError("resnet18_cbam_quickstart always has its small-input stem of stride 2; leave small_input and "
                          "small_input_stride unset")
-    if pretrained and kwargs.get("features_only"):
-        raise ValueError("resnet18_cbam_quickstart: pretrained=True with features_only=True is not supported; build "
-                         "the classifier and call its forward_intermediates() for the stages' maps")
+    # features_only: build the classifier, load its weights, then wrap it as timm does, so the weights (which hold
+    # the classifier) load first and the stem is the checkpoint's.
+    features_only = kwargs.pop("features_only", False)
+    feature_kwargs = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
     model = create_attention_resnet("resnet18", "cbam", variant="resnet18_cbam_quickstart",
                                     **{**QUICKSTART_ARGS, **kwargs})
     use_small_input_stem(model, stride=2)  # before loading: the checkpoint has the small stem's conv
@@ -53,4 +54,8 @@ def resnet18_cbam_quickstart(pretrained: bool = False, **kwargs: Any) -> ResNet:
             raise FileNotFoundError(f"{file} is missing (the weights/ folder ships with the source tree); pass "
                                     "pretrained_cfg_overlay=dict(file=...) pointing at a copy")
         load_pretrained(model, num_classes=model.num_classes, in_chans=kwargs.get("in_chans", 3))
+    if features_only:
+        features = FeatureListNet(model, out_indices=feature_kwargs.get("out_indices", (0, 1, 2, 3, 4)))
+        features.pretrained_cfg = features.default_cfg = model.pretrained_cfg  # as timm's builder sets them
+        return features
     return model
