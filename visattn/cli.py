@@ -191,6 +191,17 @@ def _split(text: str) -> list[str]:
 def _load_trained(args: argparse.Namespace) -> TrainedModel:
     from .pipelines.trained import load_trained
 
+    if args.pretrained or args.pretrained_path:  # timm's own weights: no source
+        from .pipelines.timm_weights import load_timm_pretrained
+
+        if args.model is None:
+            raise ValueError("--pretrained loads timm's own weights of the model named by --model NAME")
+        if args.source is not None:
+            raise ValueError(f"with --pretrained the model comes from timm, so {args.source!r} has no place here")
+        return load_timm_pretrained(args.model, file=args.pretrained_path, overrides=args.set or [],
+                                    device=args.device)
+    if args.source is None:
+        raise ValueError("give a run folder or weights file to explain, or --model NAME --pretrained for timm's own")
     return load_trained(args.source, config=args.config, model_name=args.model, overrides=args.set or [],
                         device=args.device)
 
@@ -230,6 +241,8 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     from .pipelines.overlays import overlay_files
     from .pipelines.samples import validation_samples
 
+    if (args.pretrained or args.pretrained_path) and args.source is not None:  # timm's model: every path an image
+        args.images, args.source = [args.source, *args.images], None
     if not args.images and not args.samples:
         print("visattn overlay: give image files / folders / globs, or --samples N for validation images",
               file=sys.stderr)
@@ -299,8 +312,14 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="run folder (config.yaml + best.safetensors) or a weights file from "
-                                       "'visattn train' (e.g. weights/quickstart_resnet18_cbam_shapes.safetensors)")
+    parser.add_argument("source", nargs="?", default=None,
+                        help="run folder (config.yaml + best.safetensors) or a weights file from 'visattn train' "
+                             "(e.g. weights/quickstart_resnet18_cbam_shapes.safetensors); none with --pretrained")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="timm's own pretrained weights of --model NAME, from the local Hugging Face / torch hub "
+                             "caches (never downloaded) or --pretrained-path")
+    parser.add_argument("--pretrained-path", default=None, metavar="FILE",
+                        help="a copy of timm's pretrained weights for --model NAME (implies --pretrained)")
     parser.add_argument("--config", "-c", default=None, help="YAML config, for weights that do not carry theirs")
     parser.add_argument("--model", "-m", default=None,
                         help="timm model name, for plain state_dict weights without a config (timm preprocessing)")

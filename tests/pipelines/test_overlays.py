@@ -166,12 +166,12 @@ def test_a_timm_name_gets_timms_own_eval_preprocessing(name: str) -> None:
     import timm
     import timm.data
 
-    from visattn.pipelines.trained import _timm_config
+    from visattn.pipelines.trained import timm_eval_config
 
     reference = timm.data.create_transform(
         **timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict()))
     resize, crop = reference.transforms[:2]  # torchvision Resize(short side) and CenterCrop
-    ours = _timm_config(name, []).data.eval_transforms
+    ours = timm_eval_config(name, []).data.eval_transforms
     assert [step["name"] for step in ours] == ["SmallestMaxSize", "CenterCrop"]
     assert ours[0]["max_size"] == resize.size and (ours[1]["height"], ours[1]["width"]) == tuple(crop.size)
     cv2_flags = {"bicubic": 2, "bilinear": 1}  # cv2.INTER_CUBIC, cv2.INTER_LINEAR
@@ -190,12 +190,12 @@ def test_overlay_output_in_the_explained_folder_or_above_it(tmp_path: Path, monk
 
 
 def test_timm_preprocessing_follows_an_image_size_override_and_squash_crops() -> None:
-    from visattn.pipelines.trained import _timm_config
+    from visattn.pipelines.trained import timm_eval_config
 
-    steps = _timm_config("resnet50", ["data.image_size=288"]).data.eval_transforms
+    steps = timm_eval_config("resnet50", ["data.image_size=288"]).data.eval_transforms
     assert steps[0]["max_size"] == 303 and (steps[1]["height"], steps[1]["width"]) == (288, 288)  # floor(288 / 0.95)
     assert timm.models.get_pretrained_cfg("coat_lite_medium_384").crop_mode == "squash"  # timm resizes both sides
-    first = _timm_config("coat_lite_medium_384", []).data.eval_transforms[0]
+    first = timm_eval_config("coat_lite_medium_384", []).data.eval_transforms[0]
     assert first["name"] == "Resize" and first["height"] == first["width"] == 384
 
 

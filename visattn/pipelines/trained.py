@@ -18,6 +18,7 @@ import timm
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+from timm.data import ImageNetInfo, infer_imagenet_subset
 from torch import nn
 
 from ..config import TrainConfig
@@ -26,7 +27,7 @@ from ..data.side import side_width
 from ..models import load_weights, read_state_dict
 from ..training.model import build_model
 
-__all__ = ["TrainedModel", "load_trained"]
+__all__ = ["TrainedModel", "load_trained", "class_names", "timm_eval_config"]
 
 
 @dataclass
@@ -82,7 +83,17 @@ _CV2_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR
                       "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
 
 
-def _timm_config(model_name: str, overrides: Sequence[str]) -> TrainConfig:
+def class_names(num_classes: int, *, imagenet: bool = True) -> list[str]:
+    """Class names for a classifier without its own: with ``imagenet``, timm's ImageNet names (each synset's first
+    name) when the width is an ImageNet subset's (1k, 12k, 21k/22k); otherwise ``class_0``, ``class_1``, ..."""
+    subset = infer_imagenet_subset({"num_classes": num_classes}) if imagenet else None
+    if subset is None:
+        return [f"class_{i}" for i in range(num_classes)]
+    info = ImageNetInfo(subset)
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(num_classes)]
+
+
+def timm_eval_config(model_name: str, overrides: Sequence[str]) -> TrainConfig:
     """Eval preprocessing from the timm model's pretrained config, as ``timm.data.create_transform`` builds it:
     resize the short side (both sides for ``crop_mode='squash'``) to ``floor(size / crop_pct)`` with its
     interpolation, centre-crop ``size``, its mean and std. Resizing goes through OpenCV, which does not antialias a
@@ -159,7 +170,7 @@ def load_trained(
     if config is not None:
         cfg = load_config(TrainConfig, config, overrides)
     elif model_name is not None:
-        cfg = _timm_config(model_name, overrides)
+        cfg = timm_eval_config(model_name, overrides)
     elif isinstance(meta.get("config"), dict):
         cfg = config_from_dict(TrainConfig, merge_overrides(meta["config"], overrides))
     else:
@@ -170,8 +181,8 @@ def load_trained(
     classes = meta.get("classes")
     outputs = _classifier_outputs(state)
     if not isinstance(classes, list) or (outputs is not None and len(classes) != outputs):
-        count = outputs if outputs is not None else 1000
-        classes = [f"class_{i}" for i in range(count)]
+        # A timm model's plain weights: ImageNet names when the classifier has an ImageNet subset's width.
+        classes = class_names(outputs if outputs is not None else 1000, imagenet=model_name is not None)
     model, _ = build_model(cfg.model, num_classes=len(classes), side_features=side_width(cfg.data))
     load_weights(model, state)
     return TrainedModel(model.to(device).eval(), cfg, [str(c) for c in classes], weights)
