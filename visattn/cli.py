@@ -260,6 +260,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
         manifest = overlay_files(trained, args.out, sources=args.images, images=samples, methods=methods,
                                  target_layers=layers, block_patterns=blocks, queries=_queries(args.query),
                                  heads=args.heads, alpha=args.alpha, cmap=args.cmap, batch_size=args.batch_size,
+                                 image_format=args.format, page_size=args.page_size,
                                  progress=sys.stderr.isatty())
     except _EXPLAIN_ERRORS as err:  # missing files, bad weights or arguments: say what, no trace
         print(f"visattn overlay: {err}", file=sys.stderr)
@@ -393,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     overlay.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity (default 0.5)")
     overlay.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
     overlay.add_argument("--batch-size", type=int, default=16)
+    overlay.add_argument("--format", default="png", choices=["png", "jpeg", "webp"],
+                         help="full-size image files: png (lossless, default), jpeg or webp (a fraction of the size)")
+    overlay.add_argument("--page-size", type=int, default=100, metavar="N", help="images per gallery page")
     overlay.set_defaults(func=_cmd_overlay)
 
     faith = sub.add_parser(

@@ -49,7 +49,18 @@ def _item(source: str, seed: int) -> OverlayItem:
                        {"layer4.0.se.spatial": blob[::4, ::4].copy()}, label="circle", probability=0.973)
 
 
-def test_every_gallery_image_loads(tmp_path, driver):
+def _loaded(driver):
+    """``[src, complete, naturalWidth]`` of every image the page shows (lazy images load once displayed)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.execute_script("document.querySelectorAll('img').forEach(img => img.scrollIntoView());")
+    shown = "Array.from(document.images).filter(img => img.offsetParent !== null)"
+    WebDriverWait(driver, 5).until(lambda d: d.execute_script(f"return {shown}.every(img => img.complete);"))
+    return driver.execute_script(f"return {shown}.map(img => [img.getAttribute('src'), img.complete, "
+                                 f"img.naturalWidth]);")
+
+
+def test_every_gallery_image_loads_in_every_view(tmp_path, driver):
     sources = ["a/cat.jpg", "b/cat.jpg", "photos/my holiday pic ü.png", "ünïcödé/猫 1.jpeg"]
     out = tmp_path / "out dir"  # a space in the page's own path too
     manifest = json.loads(write_overlays(out, [_item(s, i) for i, s in enumerate(sources)],
@@ -57,16 +68,43 @@ def test_every_gallery_image_loads(tmp_path, driver):
                                          errors=[{"source": "broken.jpg", "error": "OSError: truncated"}])
                           .read_text(encoding="utf-8"))
     driver.get((out / "index.html").as_uri())
-    # Lazy images load when near the viewport: scroll each into view, then wait until all have finished.
-    driver.execute_script("document.querySelectorAll('img').forEach(img => img.scrollIntoView());")
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.common.by import By
 
-    WebDriverWait(driver, 5).until(
-        lambda d: d.execute_script("return Array.from(document.images).every(img => img.complete);"))
-    images = driver.execute_script(
-        "return Array.from(document.images).map(img => [img.getAttribute('src'), img.complete, img.naturalWidth]);")
-    assert len(images) == len(manifest["images"]) == len(sources)
-    broken = [src for src, complete, width in images if not complete or width == 0]
-    assert not broken, f"images that did not load: {broken}"
+    labels = driver.find_elements(By.CSS_SELECTOR, ".switch label")
+    assert [label.text for label in labels] == ["grid", "gradcam", "layer4.0.se.spatial"]
+    for label in labels:  # the view switch works without scripts: one picture per card in each view
+        label.click()
+        images = _loaded(driver)
+        assert len(images) == len(manifest["images"]) == len(sources)
+        broken = [src for src, complete, width in images if not complete or width == 0]
+        assert not broken, f"{label.text}: images that did not load: {broken}"
+        assert all(f"thumbs/{label.text}" in src for src, _, _ in images)
     text = driver.execute_script("return document.body.innerText;")
     assert "broken.jpg" in text and "OSError: truncated" in text and "resnet18_cbam" in text
+    # What a person sees: the screenshot decodes and holds the overlays' colours, not a blank page.
+    from io import BytesIO
+
+    from PIL import Image
+
+    shot = np.asarray(Image.open(BytesIO(driver.get_screenshot_as_png())).convert("RGB"))
+    saturated = (shot.max(axis=2).astype(int) - shot.min(axis=2)) > 100  # jet colours; the page itself is grey
+    assert saturated.mean() > 0.01
+
+
+@pytest.mark.slow
+def test_a_thousand_images_open_quickly_page_by_page(tmp_path, driver):
+    import time
+
+    out = tmp_path / "big"
+    write_overlays(out, (_item(f"img{i:04d}.png", i) for i in range(1000)), page_size=100)
+    assert len(list(out.glob("*.html"))) == 10
+    for page in ("index.html", "page-10.html"):
+        start = time.perf_counter()
+        driver.get((out / page).as_uri())
+        images = _loaded(driver)
+        assert time.perf_counter() - start < 5
+        assert len(images) == 100 and all(width > 0 for _, _, width in images)  # only this page's grid thumbnails
+    from selenium.webdriver.common.by import By
+
+    links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "nav.pages a")]
+    assert len(set(links)) == 9 and any(link.endswith("index.html") for link in links)  # nav above and below

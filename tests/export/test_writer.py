@@ -114,16 +114,18 @@ def test_html_escapes_text_and_quotes_paths(tmp_path):
                    run_info={"model": "m&m"})
     html = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "<script>" not in html and "&lt;script&gt;" in html and "m&amp;m" in html
-    sources = re.findall(r'<img src="([^"]+)"', html)
-    assert sources == ["my%20pic%20_1%20%C3%BC/grid.png"]  # "#" is not kept in folder names
-    for href in re.findall(r'href="([^"]+)"', html):
-        assert (tmp_path / unquote(href)).is_file(), href
+    sources = re.findall(r'<img class="view-\d+" src="([^"]+)"', html)
+    # "#" is not kept in folder names; the page shows thumbnails of the grid and of each map
+    assert sources[0] == "my%20pic%20_1%20%C3%BC/thumbs/grid.jpg" and len(sources) == 4  # grid + 3 maps
+    for link in re.findall(r'(?:href|src)="([^"]+)"', html):
+        assert (tmp_path / unquote(link)).is_file(), link
 
 
 def test_gallery_quotes_url_special_characters():
     files = {"original": "a#b?/o.png", "grid": "a#b?/g.png", "cams": {"x": "a#b?/x y.png"}, "block_maps": {}}
     html = render_index_html({"images": [{"source": "s", "label": "l", "probability": 0.5, "files": files}]})
-    assert '<img src="a%23b%3F/g.png"' in html and 'href="a%23b%3F/x%20y.png"' in html and "50.0 %" in html
+    # Without thumbnails (an older manifest) the page shows the full-size files.
+    assert 'src="a%23b%3F/g.png"' in html and 'href="a%23b%3F/x%20y.png"' in html and "50.0 %" in html
 
 
 def test_empty_run_writes_an_empty_gallery(tmp_path):
@@ -245,3 +247,58 @@ def test_a_folder_renamed_only_in_case_leaves_no_stale_copy(tmp_path):
     case_insensitive = (tmp_path / "INDEX.HTML").exists()
     folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert folders == ["cat"] or (case_insensitive and len(folders) == 1)  # one folder, whatever the file system
+
+
+def test_formats_thumbnails_and_pages(tmp_path):
+    items = [make_item(f"img{i}.png") for i in range(7)]
+    manifest = json.loads(write_overlays(tmp_path, items, image_format="webp", page_size=3).read_text())
+    entry = manifest["images"][0]
+    assert entry["files"]["grid"].endswith("grid.webp") and entry["files"]["original"].endswith(".webp")
+    assert set(entry["files"]["thumbs"]) == {"grid", *entry["files"]["cams"], *entry["files"]["block_maps"]}
+    with Image.open(tmp_path / entry["files"]["thumbs"]["grid"]) as thumb:
+        assert thumb.format == "JPEG" and max(thumb.size) <= 384
+    assert manifest["complete"] is True and manifest["image_format"] == "webp"
+    pages = sorted(p.name for p in tmp_path.glob("*.html"))
+    assert pages == ["index.html", "page-2.html", "page-3.html"]  # 3 + 3 + 1 images
+    assert 'href="page-3.html"' in (tmp_path / "index.html").read_text() and "Images 7-7 of 7" in \
+        (tmp_path / "page-3.html").read_text()
+    # A shorter run into the same folder removes the pages, images and thumbnails it no longer has.
+    write_overlays(tmp_path, items[:2], page_size=3)
+    assert sorted(p.name for p in tmp_path.glob("*.html")) == ["index.html"]
+    assert not list(tmp_path.rglob("*.webp")) and not (tmp_path / "img5").exists()
+
+
+def test_readable_top5_and_channel_gates(tmp_path):
+    item = make_item("a.png")
+    item.extra = {"class_index": 3, "top5": [{"class": "tench", "probability": 0.75}, {"class": "goldfish",
+                                                                                       "probability": 0.2}],
+                  "channel_gates_top5": {"layer4.0.se": [7, 2]}}
+    write_overlays(tmp_path, [item])
+    html = (tmp_path / "index.html").read_text()
+    assert "top-5: tench 75.0 %, goldfish 20.0 %" in html and "layer4.0.se: 7, 2" in html
+    assert "&quot;class&quot;" not in html  # no raw JSON
+
+
+def test_an_interrupted_run_is_resumed_not_redone(tmp_path):
+    from visattn.export import resumable_entries
+
+    def items(names, stop_after=None):
+        for i, name in enumerate(names):
+            if i == stop_after:
+                raise KeyboardInterrupt
+            yield make_item(name)
+
+    names = [f"img{i}.png" for i in range(30)]
+    with pytest.raises(KeyboardInterrupt):  # killed after 27 images: the manifest holds the first 25
+        write_overlays(tmp_path, items(names, stop_after=27), run_info={"model": "m"})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["complete"] is False and len(manifest["images"]) == 25
+    assert "unfinished" in (tmp_path / "index.html").read_text()
+    done = resumable_entries(tmp_path, run_info={"model": "m"}, alpha=0.5, cmap="jet", image_format="png")
+    assert [e["source"] for e in done] == names[:25]
+    assert resumable_entries(tmp_path, run_info={"model": "other"}, alpha=0.5, cmap="jet", image_format="png") == []
+    stamp = (tmp_path / "img3" / "grid.png").stat().st_mtime_ns
+    write_overlays(tmp_path, items(names[25:]), run_info={"model": "m"}, resumed=done)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["complete"] is True and [e["source"] for e in manifest["images"]] == names
+    assert (tmp_path / "img3" / "grid.png").stat().st_mtime_ns == stamp  # kept, not rewritten

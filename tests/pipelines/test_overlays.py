@@ -221,3 +221,39 @@ def test_the_gallery_shows_relative_position_attention_per_head(tmp_path: Path) 
         with Image.open(out / rel) as im:
             im.load()
     assert (out / "index.html").read_text().count("<img") >= 2  # one grid per image, with every map in it
+
+
+def test_a_killed_overlay_run_resumes_and_skips_its_own_output(tmp_path: Path) -> None:
+    from visattn.export import writer
+
+    stems = _write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    args = ["overlay", str(WEIGHTS), str(tmp_path / "in"), "--out", str(out), "--methods", "gradcam",
+            "--format", "jpeg"]
+    real = writer._write_item
+    calls = []
+
+    def dies_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    old_every = writer._SAVE_EVERY
+    writer._SAVE_EVERY = (1, 0.0)  # save after every image, so the kill leaves two finished ones
+    try:
+        writer._write_item = dies_at_the_third
+        with pytest.raises(KeyboardInterrupt):
+            main(args)
+        writer._write_item = real
+        first = json.loads((out / "manifest.json").read_text())
+        assert first["complete"] is False and len(first["images"]) == 2
+        calls.clear()
+        writer._write_item = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+        assert main(args) == 0
+    finally:
+        writer._write_item, writer._SAVE_EVERY = real, old_every
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and len(calls) == len(stems) - 2  # only the unfinished images again
+    assert sorted(Path(e["source"]).stem for e in manifest["images"]) == sorted(stems)
+    assert all(e["files"]["grid"].endswith(".jpg") for e in manifest["images"])

@@ -6,11 +6,11 @@ Example:
     >>> write_overlays("out/overlays", [item], run_info={"model": "resnet18_cbam"})  # doctest: +SKIP
 """
 
-from .gallery import render_index_html
+from .gallery import render_index_html, render_pages
 from .grid import make_grid
 from .images import IMAGE_EXTENSIONS, expand_image_sources, load_image
 from .render import blend, colorize
-from .writer import OverlayItem, write_overlays
+from .writer import IMAGE_FORMATS, OverlayItem, read_manifest, resumable_entries, write_overlays
 
 __all__ = [
     "OverlayItem",
@@ -22,4 +22,8 @@ __all__ = [
     "blend",
     "make_grid",
     "render_index_html",
+    "render_pages",
+    "read_manifest",
+    "resumable_entries",
+    "IMAGE_FORMATS",
 ]

@@ -1,20 +1,24 @@
-"""``write_overlays``: the folder of PNGs, ``manifest.json`` and ``index.html`` behind ``visattn overlay``.
+"""``write_overlays``: the folder of images, ``manifest.json`` and the gallery behind ``visattn overlay``.
 
-Layout of ``out_dir``::
+Layout of ``out_dir`` (``.png``, or ``.jpg`` / ``.webp`` with ``image_format``)::
 
-    manifest.json          run info, one entry per image (paths relative to out_dir), unreadable inputs
-    index.html             the gallery (see gallery.py)
-    <stem>/original.png    the image as the model saw it
-    <stem>/<method>.png    one overlay per CAM method, then one per attention-block map
-    <stem>/grid.png        all of the above side by side, titled with the prediction
+    manifest.json            run info, one entry per image (paths relative to out_dir), unreadable inputs
+    index.html, page-N.html  the gallery (see gallery.py)
+    <stem>/original.png      the image as the model saw it
+    <stem>/<method>.png      one overlay per CAM method, then one per attention-block map
+    <stem>/grid.png          all of the above side by side, titled with the prediction
+    <stem>/thumbs/*.jpg      small copies of the grid and each overlay, for the gallery's pages
 
 Items are streamed: each is written and dropped before the next is read, so a long run holds one image at a time.
+The manifest is rewritten every few images with ``"complete": false``, so a run killed midway leaves a gallery of
+what it finished, and ``overlay_files`` resumes it instead of explaining those images, or its own output, again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,15 +33,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..files import atomic_write, atomic_write_text
-from .gallery import render_index_html
+from .gallery import page_name, render_pages
 from .grid import make_grid
 from .naming import UniqueNames
 from .render import blend, check_image
 
-__all__ = ["OverlayItem", "write_overlays"]
+__all__ = ["OverlayItem", "write_overlays", "read_manifest", "resumable_entries", "IMAGE_FORMATS"]
 
 MANIFEST_FORMAT = "visattn.overlays/1"
 MANIFEST_NAME = "manifest.json"
+IMAGE_FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+_THUMB_SIDE = 384  # gallery thumbnails: at most this many pixels on the longer side (small inputs keep their size)
+_SAVE_EVERY = (25, 20.0)  # rewrite the manifest after this many new images or seconds, whichever comes first
 
 
 @dataclass
@@ -124,20 +131,34 @@ def _check_item(item: Any) -> None:
             raise TypeError(f"{where}.{kind} must be a dict from str names to (H, W) maps, got {maps!r:.80}")
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    # compress_level 1: a fraction of the default's time at ~10 % larger files, for many small PNGs a fair trade.
-    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG", compress_level=1))
+def _write_image(path: Path, image: np.ndarray) -> None:
+    """Save by the path's suffix: PNG (compress_level 1: a fraction of the default's time at ~10 % larger files),
+    JPEG (quality 90) or WebP (quality 90)."""
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG", compress_level=1))
+    elif suffix == ".jpg":
+        atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=90))
+    else:
+        atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="WEBP", quality=90))
 
 
-def _write_item(out_dir: Path, item: OverlayItem, folder: str, alpha: float, cmap: str | Colormap) -> dict[str, Any]:
+def _write_thumb(path: Path, image: np.ndarray) -> None:
+    picture = Image.fromarray(image)
+    picture.thumbnail((_THUMB_SIDE, _THUMB_SIDE), Image.Resampling.LANCZOS)  # only ever shrinks
+    atomic_write(path, lambda tmp: picture.save(tmp, format="JPEG", quality=85))
+
+
+def _write_item(out_dir: Path, item: OverlayItem, folder: str, alpha: float, cmap: str | Colormap,
+                ext: str) -> dict[str, Any]:
     _check_item(item)
     where = f"OverlayItem(source={item.source!r})"
     extra = _jsonable(dict(item.extra), f"{where}.extra")  # before any file is written: fail early, not at the end
     item_dir = out_dir / folder
-    names = UniqueNames(reserved=("original", "grid"))
-    files: dict[str, Any] = {"original": f"{folder}/original.png", "grid": f"{folder}/grid.png",
-                             "cams": {}, "block_maps": {}}
-    _write_png(item_dir / "original.png", item.image)
+    names = UniqueNames(reserved=("original", "grid", "thumbs"))
+    files: dict[str, Any] = {"original": f"{folder}/original{ext}", "grid": f"{folder}/grid{ext}",
+                             "cams": {}, "block_maps": {}, "thumbs": {"grid": f"{folder}/thumbs/grid.jpg"}}
+    _write_image(item_dir / f"original{ext}", item.image)
     panels = []
     for kind in ("cams", "block_maps"):
         for name, heatmap in getattr(item, kind).items():
@@ -145,12 +166,16 @@ def _write_item(out_dir: Path, item: OverlayItem, folder: str, alpha: float, cma
                 overlay = blend(item.image, heatmap, alpha=alpha, cmap=cmap)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"{where}.{kind}[{name!r}]: {err}") from err
-            file_name = names.take(name, default="map") + ".png"
-            _write_png(item_dir / file_name, overlay)
-            files[kind][name] = f"{folder}/{file_name}"
+            stem = names.take(name, default="map")
+            _write_image(item_dir / f"{stem}{ext}", overlay)
+            _write_thumb(item_dir / "thumbs" / f"{stem}.jpg", overlay)
+            files[kind][name] = f"{folder}/{stem}{ext}"
+            files["thumbs"][name] = f"{folder}/thumbs/{stem}.jpg"
             panels.append((name, overlay))
     title = f"pred: {item.label} ({100.0 * float(item.probability):.1f} %)"
-    _write_png(item_dir / "grid.png", make_grid(item.image, panels, title=title))
+    grid = make_grid(item.image, panels, title=title)
+    _write_image(item_dir / f"grid{ext}", grid)
+    _write_thumb(item_dir / "thumbs" / "grid.jpg", grid)
     return {"source": item.source, "folder": folder, "label": item.label, "probability": float(item.probability),
             "files": files, "extra": extra}
 
@@ -170,17 +195,43 @@ def _manifest_files(manifest: Any) -> set[str]:
         paths = set()
         for entry in manifest["images"]:
             files = entry["files"]
-            paths |= {files["original"], files["grid"], *files["cams"].values(), *files["block_maps"].values()}
+            paths |= {files["original"], files["grid"], *files["cams"].values(), *files["block_maps"].values(),
+                      *files.get("thumbs", {}).values()}
         return {p for p in paths if isinstance(p, str)}
     except (KeyError, TypeError, AttributeError):
         return set()
 
 
-def _read_previous_files(manifest_path: Path) -> set[str]:
+def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
+    """The ``manifest.json`` an earlier run wrote into ``out_dir`` (None if there is none, or it is unreadable)."""
     try:
-        return _manifest_files(json.loads(manifest_path.read_text(encoding="utf-8")))
-    except (OSError, ValueError):  # no previous run, or a manifest we cannot parse: nothing to tidy
-        return set()
+        manifest = json.loads((Path(out_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
+
+
+def resumable_entries(out_dir: str | Path, *, run_info: Mapping[str, Any], alpha: float, cmap: str,
+                      image_format: str) -> list[dict[str, Any]]:
+    """The images an interrupted earlier run into ``out_dir`` finished with these same settings (its manifest says
+    ``"complete": false``); an empty list when there is nothing to resume."""
+    manifest = read_manifest(out_dir)
+    if manifest is None or manifest.get("complete", True):
+        return []
+    same = (manifest.get("run") == _for_display(_jsonable(dict(run_info), "run_info"))
+            and manifest.get("alpha") == float(alpha) and manifest.get("cmap") == cmap
+            and manifest.get("image_format", "png") == image_format)
+    entries = manifest.get("images") if same else None
+    out_dir = Path(out_dir)
+    if not isinstance(entries, list):
+        return []
+    # Only entries whose files are all still there.
+    return [e for e in entries if all((out_dir / rel).is_file() for rel in _manifest_files({"images": [e]}))]
+
+
+def _read_previous_files(manifest_path: Path) -> set[str]:
+    manifest = read_manifest(manifest_path.parent)
+    return _manifest_files(manifest) if manifest is not None else set()
 
 
 def listed_overlay_files(out_dir: str | Path) -> set[Path]:
@@ -197,20 +248,23 @@ def _remove_stale(out_dir: Path, stale: set[str]) -> None:
     root = out_dir.resolve()
     for relative in sorted(stale):
         path = (out_dir / relative).resolve()
-        if path.suffix.lower() != ".png" or not path.is_relative_to(root) or path == root or not path.is_file():
+        if path.suffix.lower() not in (*IMAGE_FORMATS.values(), ".jpg") or not path.is_relative_to(root) \
+                or path == root or not path.is_file():
             continue
         path.unlink()
-        if path.parent != root and not any(path.parent.iterdir()):
-            path.parent.rmdir()
+        for folder in (path.parent, path.parent.parent):  # <stem>/thumbs, then <stem>, once they are empty
+            if folder != root and folder.is_relative_to(root) and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def write_overlays(out_dir: str | Path, items: Iterable[OverlayItem], *, alpha: float = 0.5,
                    cmap: str | Colormap = "jet", run_info: Mapping[str, Any] | None = None,
-                   errors: Sequence[Mapping[str, str]] = (), progress: bool = False) -> Path:
-    """Write overlays, grids, ``manifest.json`` and ``index.html`` for explained images.
+                   errors: Sequence[Mapping[str, str]] = (), progress: bool = False, image_format: str = "png",
+                   page_size: int = 100, resumed: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """Write overlays, grids, thumbnails, ``manifest.json`` and the gallery pages for explained images.
 
-    Every file is written atomically. Writing again into the same ``out_dir`` replaces the previous run: PNGs the old
-    manifest listed and this run did not produce are removed; other files in ``out_dir`` are left alone.
+    Every file is written atomically. Writing again into the same ``out_dir`` replaces the previous run: images the
+    old manifest listed and this run did not produce are removed; other files in ``out_dir`` are left alone.
 
     Args:
         out_dir: the output folder (created if missing).
@@ -222,47 +276,76 @@ def write_overlays(out_dir: str | Path, items: Iterable[OverlayItem], *, alpha: 
         errors: ``{"source", "error"}`` records of inputs that could not be read. Read after ``items`` is exhausted,
             so a list that the items generator appends to as it meets unreadable files works.
         progress: show a tqdm progress bar on stderr.
+        image_format: ``'png'`` (lossless), ``'jpeg'`` or ``'webp'`` (a fraction of the size) for the full-size files.
+        page_size: images per gallery page.
+        resumed: manifest entries of an interrupted earlier run into ``out_dir`` whose files are kept as they are
+            (``overlay_files`` passes them when it resumes).
 
     Returns:
         The path of ``manifest.json``.
 
     Raises:
         TypeError: an item is not an ``OverlayItem``, or a field, ``run_info`` or ``extra`` has the wrong type.
-        ValueError: ``alpha``/``cmap`` are invalid, a map or probability is out of range, an image is not
-            ``(H, W, 3)`` uint8, or an ``errors`` record lacks its keys.
+        ValueError: ``alpha``/``cmap``/``image_format``/``page_size`` are invalid, a map or probability is out of
+            range, an image is not ``(H, W, 3)`` uint8, or an ``errors`` record lacks its keys.
 
     Example:
         >>> errors = []
         >>> items = (explain(p) for p in paths)  # doctest: +SKIP  (yours; appends {"source", "error"} to errors)
         >>> write_overlays("out/overlays", items, run_info={"model": "resnet18_cbam"}, errors=errors)  # doctest: +SKIP
     """
-    # Validate alpha and cmap on a 1 x 1 dummy: a typo should fail before the first model forward, not after it.
+    # Validate the options on a 1 x 1 dummy: a typo should fail before the first model forward, not after it.
     blend(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.float32), alpha=alpha, cmap=cmap)
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {list(IMAGE_FORMATS)}, got {image_format!r}")
+    render_pages({}, page_size)  # checks page_size
     run = _jsonable(dict(run_info or {}), "run_info")
     _check_errors(errors)  # checked again at the end, when a generator may have appended to it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST_NAME
     previous = _read_previous_files(manifest_path)
+    cmap_name = cmap if isinstance(cmap, str) else cmap.name
 
-    folders = UniqueNames(reserved=(MANIFEST_NAME, "index.html"))
-    entries = []
+    entries = [dict(e) for e in resumed]
+    folders = UniqueNames(reserved=(MANIFEST_NAME, "index.html", *(e["folder"] for e in entries)))
+    pages: set[str] = set()
+
+    def save(complete: bool) -> dict[str, Any]:
+        # Sources, error messages, labels and names may come from file names that are not valid UTF-8.
+        manifest = _for_display({
+            "format": MANIFEST_FORMAT,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "complete": complete,
+            "run": run,
+            "cmap": cmap_name,
+            "alpha": float(alpha),
+            "image_format": image_format,
+            "images": entries,
+            "errors": _check_errors(errors),
+        })
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        for name, html in render_pages(manifest, page_size).items():
+            atomic_write_text(out_dir / name, html)
+            pages.add(name)
+        return manifest
+
+    saved_at, saved_count = time.monotonic(), len(entries)
     for item in tqdm(items, desc="overlays", unit="image", disable=not progress):
         folder = folders.take(PurePath(str(getattr(item, "source", ""))).stem)
-        entries.append(_write_item(out_dir, item, folder, alpha, cmap))
-
-    # Sources, error messages, labels and names may come from file names that are not valid UTF-8 (see _display_text).
-    manifest = _for_display({
-        "format": MANIFEST_FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run": run,
-        "cmap": cmap if isinstance(cmap, str) else cmap.name,
-        "alpha": float(alpha),
-        "images": entries,
-        "errors": _check_errors(errors),
-    })
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out_dir / "index.html", render_index_html(manifest))
+        entries.append(_write_item(out_dir, item, folder, alpha, cmap, IMAGE_FORMATS[image_format]))
+        if len(entries) - saved_count >= _SAVE_EVERY[0] or time.monotonic() - saved_at >= _SAVE_EVERY[1]:
+            save(complete=False)
+            saved_at, saved_count = time.monotonic(), len(entries)
+    manifest = save(complete=True)
+    # Pages of an earlier, longer gallery that this one no longer has.
+    for number in range(2, 100_000):
+        stale_page = out_dir / page_name(number)
+        if page_name(number) in pages:
+            continue
+        if not stale_page.is_file():
+            break
+        stale_page.unlink()
     # On a case-insensitive file system (macOS, Windows) an old "Cat/x.png" is the new "cat/x.png": keep it. On a
     # case-sensitive one it is a stale file. index.html, just written, tells which kind this folder is on.
     insensitive = (out_dir / "INDEX.HTML").exists()

@@ -5,7 +5,7 @@ This is where the model meets the export layer; ``visattn overlay`` and the quic
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from itertools import chain, islice
 from pathlib import Path
@@ -19,19 +19,21 @@ from ..cam.base import BaseCAM
 from ..cam.layers import LayerSpec, resolve_layers
 from ..data.transforms import eval_geometry, normalize_to_tensor
 from ..export.images import expand_image_sources, load_image
-from ..export.writer import OverlayItem, listed_overlay_files, write_overlays
+from ..export.writer import OverlayItem, listed_overlay_files, resumable_entries, write_overlays
 from ..utils import eval_mode, model_device_dtype
 from .trained import TrainedModel
 
 __all__ = ["explain_images", "overlay_files", "read_sources"]
 
 
-def read_sources(sources: Sequence[str | Path], errors: list[dict[str, str]], *, skip_under: str | Path | None = None
-                 ) -> Iterator[tuple[str, np.ndarray]]:
+def read_sources(sources: Sequence[str | Path], errors: list[dict[str, str]], *, skip_under: str | Path | None = None,
+                 skip: Collection[str] = ()) -> Iterator[tuple[str, np.ndarray]]:
     """``(path, RGB uint8 image)`` for files, folders and globs, read lazily; unreadable files go to ``errors``.
 
     Files an earlier run wrote into ``skip_under`` (the output folder: the ones its ``manifest.json`` lists) are left
     out, so that explaining a folder twice does not explain the first run's overlays; a file named explicitly is kept.
+
+    ``skip`` names sources (as they are reported) to leave out: those an interrupted run already explained.
 
     Raises:
         FileNotFoundError: now, not when iterated, if a source matches no file, or only earlier overlays.
@@ -49,6 +51,8 @@ def read_sources(sources: Sequence[str | Path], errors: list[dict[str, str]], *,
 
     def read() -> Iterator[tuple[str, np.ndarray]]:
         for path in paths:
+            if str(path) in skip:
+                continue
             try:
                 yield str(path), load_image(path)
             except (OSError, ValueError) as err:
@@ -169,8 +173,13 @@ def overlay_files(
         batch_size: int = 16,
         progress: bool = False,
         run_info: dict[str, Any] | None = None,
+        image_format: str = "png",
+        page_size: int = 100,
 ) -> Path:
-    """Explain images and write overlays, grids, ``manifest.json`` and ``index.html`` into ``out_dir``.
+    """Explain images and write overlays, grids, ``manifest.json`` and the gallery (``index.html``) into ``out_dir``.
+
+    A run into a folder where an earlier run with the same settings stopped midway (its manifest says
+    ``"complete": false``) resumes it: the images that run finished are kept and not explained again.
 
     Args:
         trained: the model, its config and class names.
@@ -182,6 +191,8 @@ def overlay_files(
         cmap: matplotlib colormap name.
         progress: show a progress bar.
         run_info: extra entries for the manifest's run section.
+        image_format: ``'png'``, ``'jpeg'`` or ``'webp'`` for the full-size images.
+        page_size: images per gallery page.
 
     Returns:
         The path of ``manifest.json``. Unreadable files are listed there and in the gallery, not raised.
@@ -195,7 +206,6 @@ def overlay_files(
     from ..version import __version__
 
     errors: list[dict[str, str]] = []
-    everything = chain(read_sources(sources, errors, skip_under=out_dir) if sources else (), images)
     try:
         layers: Any = [name for name, _ in resolve_layers(trained.model, target_layers)]
     except ValueError:  # a model without timm's feature_info: found by probing at the first batch
@@ -204,7 +214,12 @@ def overlay_files(
             "target_layers": layers, "block_patterns": block_patterns,
             "image_size": trained.config.data.image_size, "versions": {
                 "visattn": __version__, "torch": torch.__version__, "timm": timm.__version__}, **(run_info or {})}
+    resumed = resumable_entries(out_dir, run_info=info, alpha=alpha, cmap=cmap, image_format=image_format)
+    done = {entry["source"] for entry in resumed}
+    everything = chain(read_sources(sources, errors, skip_under=out_dir, skip=done) if sources else (),
+                       ((name, image) for name, image in images if name not in done))
     items = explain_images(trained, everything, methods=methods, target_layers=target_layers,
                            block_patterns=block_patterns, queries=queries, heads=heads, batch_size=batch_size,
                            errors=errors)
-    return write_overlays(out_dir, items, alpha=alpha, cmap=cmap, run_info=info, errors=errors, progress=progress)
+    return write_overlays(out_dir, items, alpha=alpha, cmap=cmap, run_info=info, errors=errors, progress=progress,
+                          image_format=image_format, page_size=page_size, resumed=resumed)
