@@ -171,3 +171,22 @@ def test_a_class_target_explains_that_class() -> None:
         left, right = cam(x, 0)[0], cam(x, 1)[0]
         assert left[:, :2].min() > 0.99 and left[:, 2:].max() < 0.01, method
         assert right[:, 2:].min() > 0.99 and right[:, :2].max() < 0.01, method
+
+
+def test_the_opt_in_bf16_channels_last_path_stays_close_and_leaves_the_model_alone():
+    import timm
+
+    from visattn.cam import create_cam
+
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    strides = {n: p.stride() for n, p in model.named_parameters()}
+    with create_cam("gradcam", model, "layer4") as cam:
+        reference = cam(x, 3)
+    with create_cam("gradcam", model, "layer4", amp="bf16", channels_last=True) as cam:
+        fast = cam(x, 3)
+    assert fast.dtype == torch.float32 and fast.shape == reference.shape
+    assert (fast - reference).abs().max() < 0.05  # bf16 rounding; docs/benchmarks.md gives the measured figure
+    assert {n: p.stride() for n, p in model.named_parameters()} == strides  # parameters keep their layout
+    with pytest.raises(ValueError, match="amp must be 'none' or 'bf16', got 'fp16'"):
+        create_cam("gradcam", model, "layer4", amp="fp16")

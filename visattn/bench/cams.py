@@ -19,6 +19,11 @@ Two methods are compared with care:
   channels, ours with each masked image's class probability (``visattn/cam/score.py``); its difference is reported,
   not checked.
 
+Second reference, torch-cam (``pip install torchcam``, in the ``bench`` extra), for the methods it has: its maps are
+checked against ours the same way, and it is timed beside the others. The last columns time our opt-in fast path,
+``create_cam(..., amp='bf16', channels_last=True)`` (bf16 autocast, channels_last images), against torch-cam, and give
+how far its maps are from our float32 ones.
+
 Peak memory is the increase over what was held before one call: on CUDA from the caching allocator's counters (device
 memory only; pytorch-grad-cam's NumPy half runs on the host), on CPU from the process's peak resident set size, reset
 through /proc/self/clear_refs after giving freed heap back with ``malloc_trim`` (Linux with glibc, else n/a).
@@ -51,7 +56,11 @@ _THEIRS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XG
 DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam")  # Score-CAM: on request
 TOLERANCE = 1e-4  # max |ours - theirs| allowed on maps in [0, 1]
 GRADCAM_TARGET = 2.5  # the speed-up over pytorch-grad-cam asked of Grad-CAM on CPU at batch 32, 224 px
-_LABELS = {"forward": "the forward pass", "ours": "visattn", "theirs": "pytorch-grad-cam"}
+FAST_TARGET = 1.5  # the speed-up over torch-cam asked of the bf16 / channels_last path, same setting
+# Our method name -> torch-cam class name (it has no HiResCAM or Eigen-CAM).
+_TORCHCAM = {"gradcam": "GradCAM", "gradcam++": "GradCAMpp", "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
+_LABELS = {"forward": "the forward pass", "ours": "visattn", "theirs": "pytorch-grad-cam", "torchcam": "torch-cam",
+           "fast": "visattn (bf16, channels_last)"}
 _UNCHECKED = {"scorecam": "not checked: channel weights differ by design (visattn/cam/score.py)"}
 
 
@@ -63,6 +72,30 @@ def import_grad_cam() -> ModuleType:
         raise ImportError("the CAM benchmark compares against pytorch-grad-cam, which is not installed: "
                           "pip install 'visattn[bench]'") from err
     return pytorch_grad_cam
+
+
+def import_torchcam() -> ModuleType | None:
+    """torch-cam's methods module, or None when it is not installed (its columns then read n/a)."""
+    try:
+        import torchcam.methods
+    except ImportError:
+        return None
+    return torchcam.methods
+
+
+def torchcam_call(tcm: ModuleType, method: str, model: nn.Module, layer: str, x: torch.Tensor,
+                  classes: torch.Tensor) -> torch.Tensor:
+    """One torch-cam call as a user makes it, its layer map fused to the input size as ours are."""
+    from ..cam.base import fuse_layer_maps
+
+    extractor = getattr(tcm, _TORCHCAM[method])(model, target_layer=layer)
+    try:
+        scores = model(x)
+        maps = extractor(class_idx=[int(c) for c in classes], scores=scores)[0]
+    finally:
+        extractor.remove_hooks()
+    model.zero_grad(set_to_none=True)
+    return fuse_layer_maps([maps.float()], (x.shape[-2], x.shape[-1]))
 
 
 def build_model(name: str, seed: int, device: str, **model_kwargs: Any) -> nn.Module:
@@ -192,10 +225,14 @@ def run_cam_benchmark(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
 
+    tcm = import_torchcam()
+    from ..system.machine import describe_machine
+
     printer(f"CAM benchmark on {device}: batch {batch_size} x 3x{image_size}x{image_size}, target layer "
-            f"{target_layer!r}, torch {torch.__version__} ({torch.get_num_threads()} threads), pytorch-grad-cam "
-            f"{_version('grad-cam')}, load average {' '.join(f'{v:.2f}' for v in _loadavg())}; median of {repeats} "
-            f"round(s); ratio = ours img/s / pytorch-grad-cam img/s")
+            f"{target_layer!r}; {describe_machine()}; pytorch-grad-cam {_version('grad-cam')}, torch-cam "
+            f"{_version('torchcam') if tcm is not None else 'not installed'}, load average "
+            f"{' '.join(f'{v:.2f}' for v in _loadavg())}; median of {repeats} round(s); ratio = ours img/s / "
+            f"pytorch-grad-cam img/s; fast = amp='bf16', channels_last=True")
     rows: list[dict[str, Any]] = []
     for model_name in models:
         base = build_model(model_name, seed, device, **(model_kwargs or {}))
@@ -203,13 +240,15 @@ def run_cam_benchmark(
         x = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device)
         with torch.no_grad():
             classes = base(x).argmax(1)
-        setup = _Setup(gc=gc, models={"forward": base, "ours": copy.deepcopy(base), "theirs": copy.deepcopy(base)},
+        sides = ("ours", "theirs", "torchcam", "fast")
+        setup = _Setup(gc=gc, tcm=tcm, models={"forward": base, **{side: copy.deepcopy(base) for side in sides}},
                        layer=target_layer, x=x, classes=classes,
                        their_targets=[ClassifierOutputTarget(int(c)) for c in classes], device=device)
         for method in names:
-            seconds, diff, flips, peaks = _measure(setup, method, repeats, warmup, memory)
+            seconds, diff, flips, peaks, others = _measure(setup, method, repeats, warmup, memory)
             issue_setting = device == "cpu" and batch_size == 32 and image_size == 224
-            rows.append(_row(model_name, method, batch_size, image_size, seconds, diff, flips, peaks, issue_setting))
+            rows.append(_row(model_name, method, batch_size, image_size, seconds, diff, flips, peaks, issue_setting,
+                             others))
             printer(_format_row(rows[-1], markdown, header=len(rows) == 1))
     return rows
 
@@ -219,7 +258,8 @@ class _Setup:
     """One model's comparison: a copy of the model per side, the batch and the explained classes."""
 
     gc: ModuleType
-    models: dict[str, nn.Module]  # 'forward', 'ours', 'theirs'
+    tcm: ModuleType | None
+    models: dict[str, nn.Module]  # 'forward', 'ours', 'theirs', 'torchcam', 'fast'
     layer: str
     x: torch.Tensor
     classes: torch.Tensor
@@ -237,13 +277,22 @@ class _Setup:
     def theirs(self, method: str) -> np.ndarray:
         return their_call(self.gc, method, self.models["theirs"], self.layer, self.x, self.their_targets)
 
+    def torchcam(self, method: str) -> torch.Tensor:
+        assert self.tcm is not None
+        return torchcam_call(self.tcm, method, self.models["torchcam"], self.layer, self.x, self.classes)
+
+    def fast(self, method: str) -> torch.Tensor:
+        with create_cam(method, self.models["fast"], self.layer, amp="bf16", channels_last=True) as cam:
+            return cam(self.x, self.classes)
+
     def check_no_hooks(self, side: str) -> None:
         _check_no_hooks(self.models[side], _LABELS[side])
 
 
 def _measure(setup: _Setup, method: str, repeats: int, warmup: int, memory: bool
-             ) -> tuple[dict[str, float], float, int, dict[str, int | None]]:
-    """Seconds per call of each side, max |ours - theirs|, Eigen-CAM sign flips, and peak memory of each library."""
+             ) -> tuple[dict[str, float], float, int, dict[str, int | None], dict[str, float]]:
+    """Seconds per call of each side, max |ours - theirs|, Eigen-CAM sign flips, peak memory of each library, and
+    the other differences: torch-cam's maps and the fast path's against ours."""
     # The comparison calls double as the first warm-up round.
     setup.forward()
     ours_maps = setup.ours(method)
@@ -252,22 +301,36 @@ def _measure(setup: _Setup, method: str, repeats: int, warmup: int, memory: bool
                                            setup.their_targets)
     setup.check_no_hooks("theirs")
     diff, flips = _max_abs_diff(ours_maps, their_maps, flipped)
+    calls: dict[str, Callable[[], object]] = {
+        "forward": setup.forward, "ours": partial(setup.ours, method), "theirs": partial(setup.theirs, method),
+        "fast": partial(setup.fast, method)}
+    others = {"fast": float((setup.fast(method).float() - ours_maps.float()).abs().max())}
+    setup.check_no_hooks("fast")
+    if setup.tcm is not None and method in _TORCHCAM:
+        others["torchcam"] = float((setup.torchcam(method) - ours_maps.float()).abs().max())
+        setup.check_no_hooks("torchcam")
+        calls["torchcam"] = partial(setup.torchcam, method)
     del ours_maps, their_maps, flipped
 
-    calls: dict[str, Callable[[], object]] = {
-        "forward": setup.forward, "ours": partial(setup.ours, method), "theirs": partial(setup.theirs, method)}
     seconds = interleaved_medians(calls, setup.device, repeats, warmup, after=setup.check_no_hooks)
     peaks: dict[str, int | None] = {
         side: peak_memory_bytes(calls[side], setup.device) if memory else None for side in ("ours", "theirs")}
-    return seconds, diff, flips, peaks
+    return seconds, diff, flips, peaks, others
 
 
 def _row(model: str, method: str, batch: int, size: int, seconds: dict[str, float], diff: float, flips: int,
-         peaks: dict[str, int | None], issue_setting: bool) -> dict[str, Any]:
+         peaks: dict[str, int | None], issue_setting: bool, others: dict[str, float]) -> dict[str, Any]:
     ratio = seconds["theirs"] / seconds["ours"]
+    torchcam = seconds.get("torchcam")
+    fast_ratio = torchcam / seconds["fast"] if torchcam else None
     notes = []
     if method == "gradcam" and issue_setting:
         notes.append(f"target >= {GRADCAM_TARGET:g}x: {'PASS' if ratio >= GRADCAM_TARGET else 'MISS'}")
+        if fast_ratio is not None:
+            notes.append(f"fast vs torch-cam target >= {FAST_TARGET:g}x: "
+                         f"{'PASS' if fast_ratio >= FAST_TARGET else 'MISS'}")
+    if "torchcam" in others and others["torchcam"] > TOLERANCE:
+        notes.append(f"torch-cam maps differ by {others['torchcam']:.1e}")
     if method == "eigencam":
         notes.append(f"up to the SVD sign: {flips}/{batch} maps flipped")
     if method in _UNCHECKED:
@@ -277,6 +340,10 @@ def _row(model: str, method: str, batch: int, size: int, seconds: dict[str, floa
         "model": model, "method": method, "batch": batch, "image_size": size,
         "ours_img_s": batch / seconds["ours"], "theirs_img_s": batch / seconds["theirs"], "ratio": ratio,
         "forward_img_s": batch / seconds["forward"], "max_abs_diff": diff, "agrees": agrees,
+        "torchcam_img_s": batch / torchcam if torchcam else None,
+        "vs_torchcam": torchcam / seconds["ours"] if torchcam else None,
+        "torchcam_max_abs_diff": others.get("torchcam"),
+        "fast_img_s": batch / seconds["fast"], "fast_vs_torchcam": fast_ratio, "fast_max_abs_diff": others["fast"],
         "ours_peak_mb": None if peaks["ours"] is None else peaks["ours"] / 2**20,
         "theirs_peak_mb": None if peaks["theirs"] is None else peaks["theirs"] / 2**20,
         "note": "; ".join(notes),
@@ -286,15 +353,18 @@ def _row(model: str, method: str, batch: int, size: int, seconds: dict[str, floa
 _COLUMNS = [("model", "model", 10), ("method", "method", 10), ("ours_img_s", "ours img/s", 11),
             ("theirs_img_s", "pytorch-grad-cam img/s", 23), ("ratio", "ratio", 7),
             ("forward_img_s", "forward-only img/s", 19), ("max_abs_diff", "max |Δ|", 9),
+            ("torchcam_img_s", "torch-cam img/s", 16), ("vs_torchcam", "vs torch-cam", 13),
+            ("torchcam_max_abs_diff", "torch-cam |Δ|", 14), ("fast_img_s", "fast img/s", 11),
+            ("fast_vs_torchcam", "fast vs torch-cam", 18), ("fast_max_abs_diff", "fast |Δ| vs float32", 20),
             ("ours_peak_mb", "ours peak MiB", 14), ("theirs_peak_mb", "theirs peak MiB", 16), ("note", "note", 0)]
 
 
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "n/a"
-    if key == "ratio":
+    if key in ("ratio", "vs_torchcam", "fast_vs_torchcam"):
         return f"{value:.2f}x"
-    if key == "max_abs_diff":
+    if key.endswith("max_abs_diff"):
         return f"{value:.1e}"
     if isinstance(value, float):
         return f"{value:.1f}"

@@ -84,15 +84,25 @@ class BaseCAM:
         target_layers: module name(s), fnmatch pattern(s) or module(s) whose output feature maps are explained; several
             layers are fused by averaging their scaled maps. None picks the model's last spatial stage (timm's
             ``feature_info``, else the last module with a spatial output).
+        amp: ``'bf16'`` runs the model's forward pass under bfloat16 autocast (fast on GPUs and on CPUs with
+            AVX-512-BF16 or AMX); the maps are still computed in float32. Opt-in: the maps then differ from the
+            float32 ones by bf16 rounding (docs/benchmarks.md gives the measured difference).
+        channels_last: feed the images in channels_last memory format, which convolutions then keep (the model's
+            own parameters are left as they are).
     """
 
     name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, target_layers: LayerSpec = None) -> None:
+    def __init__(self, model: nn.Module, target_layers: LayerSpec = None, *, amp: str = "none",
+                 channels_last: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if amp not in ("none", "bf16"):
+            raise ValueError(f"amp must be 'none' or 'bf16', got {amp!r}")
         self.model = model
+        self.amp = amp
+        self.channels_last = bool(channels_last)
         self.layer_spec = target_layers  # as given; `layers` holds the resolved (name, module) pairs
         # Resolved now when given, so a typo fails at construction; the default may need an input to probe with.
         self.layers: list[tuple[str, nn.Module]] | None = (
@@ -190,7 +200,8 @@ class BaseCAM:
                           "trained on such input, normalise them as it was trained (e.g. the training config's eval "
                           "transform)", UserWarning, stacklevel=user_stacklevel())
         device, dtype = model_device_dtype(self.model)
-        return images.detach().to(device=device, dtype=dtype)
+        images = images.detach().to(device=device, dtype=dtype)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def forward_capture(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run the model once, returning its logits and each target layer's output (a leaf tensor)."""
@@ -198,7 +209,8 @@ class BaseCAM:
         self._runs.clear()
         self._capturing = True
         try:
-            with torch.set_grad_enabled(self.uses_gradients):
+            autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16")
+            with torch.set_grad_enabled(self.uses_gradients), autocast:
                 logits = self.model(images)
         finally:
             self._capturing = False

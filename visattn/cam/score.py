@@ -13,6 +13,8 @@ Differences:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,8 +38,9 @@ class ScoreCAM(BaseCAM):
     name = "scorecam"
     uses_gradients = False
 
-    def __init__(self, model: nn.Module, target_layers: LayerSpec = None, *, batch_size: int = 64) -> None:
-        super().__init__(model, target_layers)
+    def __init__(self, model: nn.Module, target_layers: LayerSpec = None, *, batch_size: int = 64,
+                 **kwargs: Any) -> None:
+        super().__init__(model, target_layers, **kwargs)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
