@@ -13,6 +13,7 @@ from visattn.pipelines.train import train
 from visattn.training import loop as loop_module
 from visattn.training import run as run_module
 from visattn.training.loop import TrainingDiverged, evaluate
+from visattn.training.run_folder import recorded_run_name, resolve_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.num_train=384", "data.num_val=192", "data.batch_size=32", "loop.progress=false", "optim.warmup_epochs=0",
@@ -134,25 +135,25 @@ def test_cli_reports_what_train_rejects_without_a_traceback(tmp_path, capsys, ov
 def test_resume_of_a_run_folder_uses_its_config(tmp_path, capsys):
     from visattn.cli import main
 
-    cfg = _cfg(tmp_path, "loop.epochs=1", "data.num_train=64", "data.num_val=32", "model.kwargs.channels=[8, 8, 8, 16]")
+    cfg = _cfg(tmp_path, "loop.epochs=1", "data.num_train=64", "data.num_val=32", "model.kwargs.channels=[16, 16, 16, 16]")
     first = train(cfg, config_path="narrow.yaml")
     # No --config: the defaults would build a model the checkpoint does not fit; the folder's config.yaml does.
     assert main(["train", "--resume", str(first.run_dir), "loop.epochs=2"]) == 0
     assert "resume: using" in capsys.readouterr().out
     assert [r["epoch"] for r in _metrics(first.run_dir)] == [1, 2]
-    assert run_module.recorded_run_name(first.run_dir) == "narrow"  # the run keeps its name
+    assert recorded_run_name(first.run_dir) == "narrow"  # the run keeps its name
     # Resumed once under another config's name, the folder is still narrow.yaml's to resume.
     assert main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, "loop.epochs=3",
-                 "data.num_train=64", "data.num_val=32", "model.kwargs.channels=[8, 8, 8, 16]",
+                 "data.num_train=64", "data.num_val=32", "model.kwargs.channels=[16, 16, 16, 16]",
                  "--resume", str(first.run_dir)]) == 0
-    assert run_module._run_dir(cfg, "narrow.yaml", resume=True) == first.run_dir
+    assert resolve_run_dir(cfg, "narrow.yaml", resume=True) == first.run_dir
     # A folder from before run names were recorded keeps its folder name.
     config = first.run_dir / "config.yaml"
     config.write_text(config.read_text().replace("run_name: narrow", "run_name: null").replace(
         "run_name: quickstart", "run_name: null"))
-    assert run_module.recorded_run_name(first.run_dir) is None
+    assert recorded_run_name(first.run_dir) is None
     assert main(["train", "--resume", str(first.run_dir), "loop.epochs=4"]) == 0
-    assert run_module.recorded_run_name(first.run_dir) == "narrow"
+    assert recorded_run_name(first.run_dir) == "narrow"
     config.unlink()
     capsys.readouterr()
     assert main(["train", "--resume", str(first.run_dir), "loop.epochs=5"]) == 2
@@ -253,11 +254,11 @@ def test_bare_resume_never_picks_another_configs_numbered_folder(tmp_path):
     own = train(cfg, config_path="resnet.yaml")
     other = train(cfg, config_path="resnet-50.yaml")  # "resnet-50" looks like run 50 of "resnet"
     assert other.run_dir.name == "resnet-50"
-    assert run_module._run_dir(cfg, "resnet.yaml", resume=True) == own.run_dir
+    assert resolve_run_dir(cfg, "resnet.yaml", resume=True) == own.run_dir
     nested = _cfg(tmp_path, "loop.epochs=1", "checkpoint.run_name=sub/exp")
     first, second = (train(nested, config_path="x.yaml") for _ in range(2))
     assert (first.run_dir.name, second.run_dir.name) == ("exp", "exp-1")
-    assert run_module._run_dir(nested, "x.yaml", resume=True) == second.run_dir
+    assert resolve_run_dir(nested, "x.yaml", resume=True) == second.run_dir
     # exp.yaml's second run is the folder exp-1; a config named exp-1.yaml then runs in exp-1-1 and must resume
     # there, never in exp.yaml's exp-1.
     plain = _cfg(tmp_path, "loop.epochs=1", "data.num_train=64", "data.num_val=32")
@@ -265,9 +266,9 @@ def test_bare_resume_never_picks_another_configs_numbered_folder(tmp_path):
     exp_second = train(plain, config_path="exp.yaml")
     assert exp_second.run_dir.name == "exp-1"
     with pytest.raises(FileNotFoundError, match=r"no run 'exp-1' to resume: .*exp-1 holds run 'exp'"):
-        run_module._run_dir(plain, "exp-1.yaml", resume=True)
+        resolve_run_dir(plain, "exp-1.yaml", resume=True)
     mine = train(plain, config_path="exp-1.yaml")
-    assert mine.run_dir.name == "exp-1-1" and run_module._run_dir(plain, "exp-1.yaml", resume=True) == mine.run_dir
+    assert mine.run_dir.name == "exp-1-1" and resolve_run_dir(plain, "exp-1.yaml", resume=True) == mine.run_dir
 
 
 def test_evaluation_of_no_image_is_an_error_not_zero_accuracy():

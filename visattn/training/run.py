@@ -8,12 +8,9 @@ validation accuracy), ``curves.png`` and ``summary.json``. Only rank 0 writes.
 from __future__ import annotations
 
 import copy
-import glob
 import json
 import math
 import random
-import re
-import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -23,20 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, get_worker_info
 
 from ..cam.layers import resolve_layers
 from ..config import TrainConfig
-from ..config.loader import read_yaml, save_config
+from ..config.loader import save_config
 from ..data.datasets import DataBundle, build_datasets
 from ..data.folder import collate_skipping
 from ..data.side import side_width
 from ..files import atomic_write_text
 from ..system.allocator import reuse_large_allocations
-from ..utils import count_params
 from .checkpoint import (
-    checkpoint_progress,
     load_checkpoint,
     save_checkpoint,
     save_weights,
@@ -49,7 +43,15 @@ from .loop import EpochStats, Schedule, TrainingDiverged, TrainingInterrupted, e
 from .model import build_model
 from .optim import build_optimizer
 from .precision import channels_last_hazard, resolve_amp
-from .reporting import append_metrics, plot_curves, read_metrics, summary_table
+from .reporting import (
+    append_metrics,
+    checkpoint_kept,
+    read_metrics,
+    report_epoch,
+    unreadable_files,
+    write_summary,
+)
+from .run_folder import git_hash, recorded_run_name, resolve_run_dir, run_name
 
 __all__ = ["RunResult", "train", "resolve_device", "recorded_run_name"]
 
@@ -126,61 +128,6 @@ def _loader(dataset: Any, cfg: TrainConfig, train: bool, info: DistInfo, epoch_s
                       collate_fn=collate_skipping, drop_last=train, generator=generator,
                       worker_init_fn=_worker_init if cfg.data.num_workers > 0 else None,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
-
-
-def _git_hash() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _run_name(cfg: TrainConfig, config_path: str | Path | None) -> str:
-    return cfg.checkpoint.run_name or (Path(config_path).stem if config_path else "run")
-
-
-def _run_dir(cfg: TrainConfig, config_path: str | Path | None, resume: bool) -> Path:
-    """The folder of a new run (``name``, else the first free ``name-N``), or with ``resume`` the folder of this
-    config's latest run: the one whose ``last.safetensors`` was written last."""
-    name = _run_name(cfg, config_path)
-    base = Path(cfg.checkpoint.output_dir) / name
-    if resume:
-        # Numbered folders count only when their config.yaml says they are this run's (name-50 may be another
-        # config's run named "name-50").
-        numbered = re.compile(re.escape(base.name) + r"-\d+")
-        # The base folder too may be another config's numbered run: exp.yaml's second run "exp-1", when exp-1.yaml
-        # resumes. Only that is refused; a folder last resumed under another config's name is still this one's.
-        recorded = recorded_run_name(base)
-        taken = recorded is not None and recorded != name and re.fullmatch(
-            re.escape(Path(recorded).name) + r"-\d+", base.name) is not None
-        own_base = [] if taken else [base]
-        runs = [*own_base, *(p for p in base.parent.glob(f"{glob.escape(base.name)}-*")
-                             if numbered.fullmatch(p.name) and recorded_run_name(p) == name)]
-        saved = [p for p in runs if (p / "last.safetensors").is_file()]
-        if saved:
-            return max(saved, key=lambda p: (p / "last.safetensors").stat().st_mtime_ns)
-        if not own_base:
-            raise FileNotFoundError(f"no run {name!r} to resume: {base} holds run {recorded_run_name(base)!r}; "
-                                    f"pass --resume PATH to continue that one")
-        return base
-    if not base.exists():
-        return base
-    for i in range(1, 10_000):  # never write over an earlier run
-        candidate = base.with_name(f"{base.name}-{i}")
-        if not candidate.exists():
-            return candidate
-    raise RuntimeError(f"too many runs named {name!r} in {cfg.checkpoint.output_dir}")
-
-
-def recorded_run_name(run_dir: Path) -> str | None:
-    """The run name a run folder's config.yaml records (``_meta.run_name``), if any."""
-    try:
-        meta = (read_yaml((run_dir / "config.yaml").read_text()) or {}).get("_meta") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    return meta.get("run_name") if isinstance(meta, dict) else None
 
 
 def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: str | Path | bool = False,
@@ -263,7 +210,7 @@ def train(cfg: TrainConfig, *, config_path: str | Path | None = None, resume: st
             raise FileExistsError(f"{run_dir} holds a run already; resume it or choose another folder")
         resume = run_dir if resume else False
     else:
-        run_dir = _run_dir(cfg, config_path, resume=resume is True)
+        run_dir = resolve_run_dir(cfg, config_path, resume=resume is True)
     resume_file: Path | None = None
     if resume:
         resume_file = run_dir / "last.safetensors" if resume is True else Path(resume)
@@ -302,9 +249,9 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, saved_c
         history = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch]
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(saved_cfg, run_dir / "config.yaml", extra={"visattn_version": version, "git_hash": _git_hash(),
+        save_config(saved_cfg, run_dir / "config.yaml", extra={"visattn_version": version, "git_hash": git_hash(),
                                                           "torch_version": str(torch.__version__),
-                                                          "run_name": _run_name(cfg, config_path)})
+                                                          "run_name": run_name(cfg, config_path)})
         if resume_file is not None:  # drop lines of epochs after the checkpoint (an interrupted run's last words)
             atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         else:  # a fresh start in a given folder: lines of an attempt killed before its first checkpoint go
@@ -351,7 +298,7 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, saved_c
             record["cpu_seconds"] = earlier_cpu + time.process_time() - started_cpu
             history.append(record)
             if info.is_main:
-                _report_epoch(record, cfg.loop.epochs, writer)
+                report_epoch(record, cfg.loop.epochs, writer)
                 append_metrics(run_dir / "metrics.jsonl", record)
                 improved = record.get("val_acc", -1.0) > best_acc
                 if improved:
@@ -367,10 +314,10 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, saved_c
             barrier(info)
         test = _test(model, run_dir, data.test, cfg, info, device, amp) if data.test is not None else {}
     except TrainingDiverged as err:
-        raise TrainingDiverged(f"{err} {_kept(run_dir)}") from None
+        raise TrainingDiverged(f"{err} {checkpoint_kept(run_dir)}") from None
     except KeyboardInterrupt:
-        raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} of {cfg.loop.epochs}; {_kept(run_dir)} Resume "
-                                  f"with: visattn train --resume {run_dir}") from None
+        raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} of {cfg.loop.epochs}; {checkpoint_kept(run_dir)} "
+                                  f"Resume with: visattn train --resume {run_dir}") from None
     finally:
         if writer is not None:
             writer.close()
@@ -378,7 +325,7 @@ def _train_in(run_dir: Path, resume_file: Path | None, cfg: TrainConfig, saved_c
 
     seconds = earlier_seconds + time.perf_counter() - started
     if info.is_main:
-        _finish(run_dir, cfg, history, model, best_acc, last_acc, seconds, _unreadable_files(history),
+        write_summary(run_dir, cfg, history, model, best_acc, last_acc, seconds, unreadable_files(history),
                 {"amp": amp, **test})
     return RunResult(run_dir, best_acc, last_acc, len(history), seconds, test.get("test_acc"))
 
@@ -447,64 +394,3 @@ def _test(model: torch.nn.Module, run_dir: Path, dataset: Any, cfg: TrainConfig,
         best.load_state_dict(load_file(str(best_file), device=str(device)))
         out["best_val_test_acc"] = _evaluate(best, dataset, cfg, info, device, amp, desc="test (best)").accuracy
     return out
-
-
-def _report_epoch(record: dict[str, Any], epochs: int, writer: Any) -> None:
-    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}",
-             f"train {100 * record['train_acc']:.2f}%"]
-    if "val_acc" in record:
-        parts.append(f"val {100 * record['val_acc']:.2f}%")
-    if "ema_val_acc" in record:
-        parts.append(f"EMA val {100 * record['ema_val_acc']:.2f}%")
-    parts.append(f"{record['train_img_s']:.0f} img/s")
-    print("  ".join(parts), flush=True)
-    if writer is not None:
-        for key, value in record.items():
-            if key not in ("epoch", "step"):
-                writer.add_scalar(key, value, record["epoch"])
-
-
-def _kept(run_dir: Path) -> str:
-    """What the run folder holds to resume from, in a sentence."""
-    last = run_dir / "last.safetensors"
-    if not last.is_file():
-        return "No checkpoint was written yet, so there is nothing to resume: start the run again."
-    return f"{last} holds epoch {checkpoint_progress(last)['epoch']}."
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _unreadable_files(history: list[dict[str, Any]]) -> int:
-    """Unreadable images of the whole run, resumed parts included: each epoch reads every file once (but for a
-    partial batch drop_last leaves out), so the most any epoch skipped in each split counts the files, not the reads."""
-    return (max((int(r.get("train_skipped", 0)) for r in history), default=0)
-            + max((int(r.get("val_skipped", 0)) for r in history), default=0))
-
-
-def _finish(run_dir: Path, cfg: TrainConfig, history: list[dict[str, Any]], model: torch.nn.Module,
-            best_acc: float, last_acc: float, seconds: float, skipped: int, extra: dict[str, Any]) -> None:
-    plot_curves(history, run_dir / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}")
-    summary = {"model": cfg.model.name, "data": cfg.data.name, "epochs": len(history),
-               "best_val_acc": best_acc if best_acc >= 0 else None,
-               "last_val_acc": last_acc if math.isfinite(last_acc) else None, "params": count_params(model),
-               "train_seconds": seconds, "skipped_images": skipped,
-               "best_epoch": max(history, key=lambda r: r.get("val_acc", -1.0))["epoch"] if history else None,
-               "train_img_s": _mean([r["train_img_s"] for r in history]), **extra}
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if skipped:
-        warnings.warn(f"{skipped} unreadable images were skipped in every epoch (data.on_corrupt='skip'); the "
-                      f"epochs' train_skipped / val_skipped in metrics.jsonl say when", UserWarning, stacklevel=2)
-    print(summary_table([
-        ("model", f"{cfg.model.name} ({summary['params'] / 1e6:.2f}M params)"),
-        ("data", f"{cfg.data.name}, {len(history)} epochs"),
-        ("best val acc", f"{100 * best_acc:.2f}%"),
-        ("last val acc", f"{100 * last_acc:.2f}%"),
-        *([("test acc", f"{100 * extra['test_acc']:.2f}% (last epoch), "
-                        f"{100 * extra.get('best_val_test_acc', math.nan):.2f}% (best val epoch)")]
-          if "test_acc" in extra else []),
-        ("time", f"{seconds:.1f} s"),
-        ("run folder", str(run_dir)),
-        ("files", "config.yaml metrics.jsonl last.safetensors best.safetensors curves.png summary.json"),
-    ]))
