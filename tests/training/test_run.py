@@ -135,7 +135,8 @@ def test_cli_reports_what_train_rejects_without_a_traceback(tmp_path, capsys, ov
 def test_resume_of_a_run_folder_uses_its_config(tmp_path, capsys):
     from visattn.cli import main
 
-    cfg = _cfg(tmp_path, "loop.epochs=1", "data.num_train=64", "data.num_val=32", "model.kwargs.channels=[16, 16, 16, 16]")
+    narrow = "model.kwargs.channels=[16, 16, 16, 16]"
+    cfg = _cfg(tmp_path, "loop.epochs=1", "data.num_train=64", "data.num_val=32", narrow)
     first = train(cfg, config_path="narrow.yaml")
     # No --config: the defaults would build a model the checkpoint does not fit; the folder's config.yaml does.
     assert main(["train", "--resume", str(first.run_dir), "loop.epochs=2"]) == 0
