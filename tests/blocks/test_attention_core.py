@@ -93,16 +93,23 @@ def test_every_score_and_position_matches_its_equation(score, position, heads, s
     torch.testing.assert_close(block(x), naive_block(block, x), atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize(("score", "position"), [("additive", None), ("embedded_gaussian", "relative"),
-                                                 ("concat", "relative"), ("bilinear", "sinusoidal")])
-def test_gradients_through_the_recomputed_chunks_match_the_equation(score, position, monkeypatch):
+@pytest.mark.parametrize(("score", "position", "masked"), [
+    ("additive", None, False), ("embedded_gaussian", "relative", False), ("concat", "relative", False),
+    ("bilinear", "sinusoidal", False), ("additive", "relative", True), ("embedded_gaussian", "relative", True)])
+def test_gradients_through_the_recomputed_chunks_match_the_equation(score, position, masked, monkeypatch):
     from visattn.blocks import attention_core
 
     monkeypatch.setattr(attention_core, "_CHUNK_ELEMENTS", 2 * 2 * 30)  # many small query chunks
     block = _block(score, position, heads=2)
     x = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
-    grads = torch.autograd.grad(block(x).sum(), [x, *block.parameters()])
-    naive = torch.autograd.grad(naive_block(block, x).sum(), [x, *block.parameters()], allow_unused=True)
+    mask = None
+    if masked:  # the second image padded to the right and below
+        mask = torch.ones(2, 5, 6, dtype=torch.bool)
+        mask[1, 3:], mask[1, :, 4:] = False, False
+    weights = torch.randn(2, 8, 5, 6, dtype=torch.float64)  # a loss that is not just a sum
+    params = [x, *block.parameters()]
+    grads = torch.autograd.grad((block(x, mask) * weights).sum(), params)
+    naive = torch.autograd.grad((naive_block(block, x, mask) * weights).sum(), params, allow_unused=True)
     for got, expected in zip(grads, naive, strict=True):
         torch.testing.assert_close(got, expected if expected is not None else torch.zeros_like(got),
                                    atol=1e-9, rtol=1e-9)
@@ -247,5 +254,7 @@ def test_no_pairwise_matrix_is_saved_for_backward(score, position):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x).sum().backward()
+        y = block(x)  # what forward keeps for backward (backward's own recomputation frees each chunk)
+    y.sum().backward()
     assert largest < 576 * 576, largest
+    assert x.grad is not None and all(p.grad is not None for p in block.parameters() if p.requires_grad)

@@ -154,8 +154,12 @@ class AttentionCore(nn.Module):
         if self.score in DOT_FAMILY:
             return q @ self._key(k).transpose(-1, -2) * self.scale
         q_term, k_term = self._tanh_terms(q, k)
-        t = torch.tanh(q_term[..., :, None, :] + k_term[..., None, :, :])  # (B, h, P, N_kv, d)
-        return (t * self.additive_weight.to(t.dtype)[None, :, None, None, :]).sum(-1)
+        w = self.additive_weight.to(q_term.dtype)[None, :, None, :, None]
+        if torch.is_grad_enabled():
+            t = torch.tanh(q_term[..., :, None, :] + k_term[..., None, :, :])  # (B, h, P, N_kv, d)
+            return (t @ w).squeeze(-1)
+        # One (B, h, P, N_kv, d) buffer instead of three: fewer large blocks for malloc to keep in its heap.
+        return torch.add(q_term[..., :, None, :], k_term[..., None, :, :]).tanh_().matmul(w).squeeze(-1)
 
     # --- attention ----------------------------------------------------------------------------------------------
 
@@ -220,26 +224,37 @@ class AttentionCore(nn.Module):
     def _chunked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None,
                  k_pos: torch.Tensor | None, key_mask: torch.Tensor | None) -> torch.Tensor:
         b, h, n, d = q.shape
-        width = d if self.score in TANH else 1
+        # Elements per (query, key) pair that a chunk holds at once: the tanh scores' hidden vector; a relative
+        # bias's int64 table index and gathered bias beside the logits.
+        width = d if self.score in TANH else 4 if self.relative is not None else 1
         rows = max(1, _CHUNK_ELEMENTS // max(1, b * h * k.shape[-2] * width))
-        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *self.parameters()))
+        params = [p for p in self.parameters() if p.requires_grad]
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *params))
+        if needs_grad and not self._dropout():
+            # Keep only q, k, v, the output and each row's log-sum-exp; backward recomputes every chunk's logits.
+            return _RecomputedSoftmaxAttention.apply(self, rows, q_pos, k_pos, key_mask, q, k, v, *params)
         outs = []
         for start in range(0, n, rows):
             part = slice(start, start + rows)
             args = (q[:, :, part], k, v, q_pos[part] if q_pos is not None else None, k_pos, key_mask)
-            # Keep only each chunk's output; backward recomputes its logits (and tanh terms) one chunk at a time.
-            outs.append(checkpoint(self._rows, *args, use_reentrant=False) if recompute else self._rows(*args))
+            # With attention dropout, backward recomputes each chunk under the checkpoint's saved RNG state.
+            outs.append(checkpoint(self._rows, *args, use_reentrant=False) if needs_grad else self._rows(*args))
         return torch.cat(outs, dim=2)
 
-    def _rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None,
-              k_pos: torch.Tensor | None, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def chunk_logits(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor | None, k_pos: torch.Tensor | None,
+                     key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Softmax logits of the queries ``q`` (``q_pos`` theirs): score, position bias, mask; float32 or wider."""
         logits = self.logits(q, k)
         logits = logits.to(_at_least_float32(logits.dtype))  # softmax in float32 whatever the autocast dtype
         if self.relative is not None:
             logits = logits + self.relative(q_pos, k_pos).to(logits.dtype)[None]
         if key_mask is not None:
             logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        w = F.dropout(logits.softmax(-1), self._dropout(), self.training)
+        return logits
+
+    def _rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None,
+              k_pos: torch.Tensor | None, key_mask: torch.Tensor | None) -> torch.Tensor:
+        w = F.dropout(self.chunk_logits(q, k, q_pos, k_pos, key_mask).softmax(-1), self._dropout(), self.training)
         return w.to(v.dtype) @ v
 
     def _mean(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
@@ -286,3 +301,58 @@ class AttentionCore(nn.Module):
         extra = f", position={self.position!r}" if self.position else ""
         drop = f", attn_drop={self.attn_drop}" if self.attn_drop else ""
         return f"score={self.score!r}, num_heads={self.num_heads}, scale={self.scale:.4g}{extra}{drop}"
+
+
+class _RecomputedSoftmaxAttention(torch.autograd.Function):
+    """``softmax(logits) @ v`` in query chunks, the logits from ``AttentionCore.chunk_logits``, as flash attention
+    computes it: forward keeps q, k, v, the output and each query's log-sum-exp; backward recomputes one chunk's
+    logits at a time and back-propagates through them. Peak memory is O(N) plus one chunk, whatever the score.
+    Differentiable once (no gradients of gradients)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, core: AttentionCore, rows: int,
+                q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_mask: torch.Tensor | None,
+                q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        # Outputs allocated once, before the chunks' large temporaries: small blocks left between freed large ones
+        # would stop malloc from reusing them (the process would grow by a chunk's logits per chunk).
+        n = q.shape[-2]
+        out = v.new_empty(*v.shape[:2], n, v.shape[-1])
+        lse = torch.empty(*q.shape[:2], n, 1, dtype=_at_least_float32(q.dtype), device=q.device)
+        for start in range(0, n, rows):
+            part = slice(start, start + rows)
+            logits = core.chunk_logits(q[:, :, part], k, q_pos[part] if q_pos is not None else None, k_pos, key_mask)
+            torch.logsumexp(logits, -1, keepdim=True, out=lse[:, :, part])
+            torch.matmul(logits.sub_(lse[:, :, part]).exp_().to(v.dtype), v, out=out[:, :, part])
+        ctx.save_for_backward(q, k, v, out, lse, q_pos, k_pos, key_mask)
+        ctx.core, ctx.rows, ctx.num_params = core, rows, len(params)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, out, lse, q_pos, k_pos, key_mask = ctx.saved_tensors
+        core, params = ctx.core, [p for p in ctx.core.parameters() if p.requires_grad]
+        acc = lse.dtype
+        # d logits = P * (dP - delta), with delta_i = sum_j P_ij dP_ij = grad_out_i . out_i (flash attention's trick)
+        delta = (grad_out.to(acc) * out.to(acc)).sum(-1, keepdim=True)
+        grad_q, grad_k = torch.zeros_like(q), torch.zeros_like(k, dtype=acc)
+        grad_v = torch.zeros_like(v, dtype=acc)
+        grad_params = [torch.zeros_like(p, dtype=acc) for p in params]
+        for start in range(0, q.shape[-2], ctx.rows):
+            part = slice(start, start + ctx.rows)
+            with torch.enable_grad():
+                q_part, k_all = q[:, :, part].detach().requires_grad_(), k.detach().requires_grad_()
+                logits = core.chunk_logits(q_part, k_all, q_pos[part] if q_pos is not None else None, k_pos,
+                                           key_mask)
+                weights = (logits.detach() - lse[:, :, part]).exp()
+                g = grad_out[:, :, part].to(acc)
+                grad_v += weights.transpose(-1, -2) @ g
+                grad_logits = weights * (g @ v.to(acc).transpose(-1, -2) - delta[:, :, part])
+                grads = torch.autograd.grad(logits, [q_part, k_all, *params], grad_logits, allow_unused=True)
+            grad_q[:, :, part] = grads[0]
+            grad_k += grads[1]
+            for total, grad in zip(grad_params, grads[2:], strict=True):
+                if grad is not None:
+                    total += grad
+        return (None, None, None, None, None, grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype),
+                *(g.to(p.dtype) for g, p in zip(grad_params, params, strict=True)))
