@@ -1,3 +1,4 @@
+import re
 import sys
 
 import pytest
@@ -31,6 +32,9 @@ def test_quick_benchmark_agrees_with_pytorch_grad_cam_for_every_method():
     assert all(r["fast_img_s"] > 0 and r["fast_max_abs_diff"] < 0.05 for r in rows)
     assert lines[0].startswith("CAM benchmark on cpu") and "| model | method | ours img/s |" in lines[1]
     assert len(lines) == 1 + len(rows)
+    # One column count in header, rule and rows: the bars of "max |Δ|" are escaped.
+    table = "\n".join(lines[1:]).splitlines()
+    assert len({len(re.split(r"(?<!\\)\|", line)) for line in table}) == 1
 
 
 def test_no_side_leaves_hooks_or_changes_the_model():

@@ -375,9 +375,10 @@ def _format_row(row: dict[str, Any], markdown: bool, header: bool) -> str:
     cells = [_cell(key, row.get(key)) for key, _, _ in _COLUMNS]
     titles = [title for _, title, _ in _COLUMNS]
     if markdown:
+        escaped = [title.replace("|", "\\|") for title in titles]  # "max |Δ|" must not split a Markdown cell
         line = "| " + " | ".join(cells) + " |"
         if header:
-            line = "| " + " | ".join(titles) + " |\n|" + "---|" * len(titles) + "\n" + line
+            line = "| " + " | ".join(escaped) + " |\n|" + "---|" * len(titles) + "\n" + line
         return line
     widths = [width for _, _, width in _COLUMNS]
     line = "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
