@@ -156,6 +156,26 @@ def test_grid_trains_reports_and_skips_finished_runs(tiny_study):
     assert stamps == {p: p.stat().st_mtime_ns for p in (tiny_study / "runs").rglob("*") if p.is_file()}
 
 
+def test_partial_report_says_how_many_seeds_each_comparison_rests_on():
+    from visattn.study.report import aggregate, markdown_summary
+
+    def record(variant, seed, acc):
+        return {"variant": variant, "seed": seed, "test_acc": acc, "best_val_test_acc": acc, "params": 10,
+                "flops": 10, "train_img_s": 1.0, "train_seconds": 60.0, "epochs": 1, "best_epoch": 1, "amp": "none"}
+
+    records = [record("baseline", 0, 0.80), record("baseline", 1, 0.82), record("se", 0, 0.81),
+               record("se", 1, 0.84), record("cam", 0, 0.83), record("cbam", 2, 0.85)]
+    variants = aggregate(records, ["baseline", "se", "cam", "cbam"], "baseline")
+    markdown = markdown_summary({"title": "t", "baseline": "baseline", "finished": 6, "planned": 12, "machine": None,
+                                 "variants": variants, "records": records})
+    table = markdown.split("## Runs")[0].splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line for line in table if line.startswith("| ")}
+    assert "| 81.00 +- 1.41 |" in rows["baseline"]  # two seeds: mean +- sample std
+    assert "+1.50 [" in rows["se"] and "inf" not in markdown and "nan" not in markdown
+    assert "| 83.00 | +3.00 (one seed: no interval) |" in rows["cam"]  # one run: no spread, no interval
+    assert "| 85.00 | - (no baseline run of the same seeds yet) |" in rows["cbam"]
+
+
 def test_a_run_made_with_another_config_is_refused(tiny_study):
     study = load_study_config(tiny_study / "study.yaml")
     run_study(study, variants=["baseline"], seeds=[0], stream=open(os.devnull, "w"))

@@ -80,9 +80,15 @@ def markdown_summary(summary: dict[str, Any]) -> str:
             versus = "(baseline)"
         else:
             d = v["vs_baseline"]
-            interval = f"[{_signed_pct(d['ci95_low'])}, {_signed_pct(d['ci95_high'])}]"
-            versus = f"{_signed_pct(d['mean'])} {interval}: {d['verdict']}"
-        lines.append(f"| {name} | {v['runs']} | {_pct(v['test_acc_mean'])} +- {_pct(v['test_acc_std'])} | {versus} "
+            if d["pairs"] >= 2:
+                versus = f"{_signed_pct(d['mean'])} [{_signed_pct(d['ci95_low'])}, {_signed_pct(d['ci95_high'])}]: "
+                versus += d["verdict"]
+            elif d["pairs"] == 1:  # a difference, but no interval yet
+                versus = f"{_signed_pct(d['mean'])} (one seed: no interval)"
+            else:
+                versus = f"- (no {baseline} run of the same seeds yet)"
+        spread = f" +- {_pct(v['test_acc_std'])}" if v["runs"] > 1 else ""
+        lines.append(f"| {name} | {v['runs']} | {_pct(v['test_acc_mean'])}{spread} | {versus} "
                      f"| {v['params'] / 1e6:.2f}M | {v['flops'] / 1e6:.0f} | {v['train_img_s_mean']:.0f} "
                      f"| {v['train_minutes_mean']:.1f} | {_number(v.get('cpu_minutes_mean'))} |")
     lines += ["", "Differences are in percentage points, paired by seed (the runs of a seed share data order and "
