@@ -6,6 +6,7 @@ absent (or VISATTN_REAL_DATA points elsewhere and is empty) the tests skip and s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tarfile
@@ -15,14 +16,16 @@ import pytest
 
 from visattn.cli import main
 from visattn.config import load_train_config
+from visattn.models.pretrained import SHIPPED
 from visattn.pipelines.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVES = Path(os.environ.get("VISATTN_REAL_DATA", ROOT.parent / "shared" / "data"))
 
 
-def _extract(archive: str, tmp_path_factory: pytest.TempPathFactory, per_folder: int | None = None) -> Path:
-    """Extract ``archive`` into a temporary folder, keeping at most ``per_folder`` files of each folder."""
+def _extract(archive: str, tmp_path_factory: pytest.TempPathFactory, per_folder: int | None = None,
+             under: str = "") -> Path:
+    """Extract ``archive`` into a temporary folder: the members under ``under``, at most ``per_folder`` per folder."""
     source = ARCHIVES / archive
     if not source.is_file():
         pytest.skip(f"{source} not found: real-data tests need ../shared/data (or set VISATTN_REAL_DATA)")
@@ -30,6 +33,8 @@ def _extract(archive: str, tmp_path_factory: pytest.TempPathFactory, per_folder:
     counts: dict[str, int] = {}
     with tarfile.open(source) as tar:
         for member in tar:
+            if not member.name.startswith(under):
+                continue
             folder = os.path.dirname(member.name)
             if member.isfile() and per_folder is not None:
                 counts[folder] = counts.get(folder, 0) + 1
@@ -67,3 +72,17 @@ def test_training_on_the_cifar10_jpeg_copy(tmp_path_factory: pytest.TempPathFact
     manifest = json.loads((result.run_dir / "overlays" / "manifest.json").read_text())
     classes = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
     assert {e["label"] for e in manifest["images"]} <= classes  # class names come from the folders
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n.endswith("_cifar10")])
+def test_shipped_cifar10_weights_keep_their_accuracy(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """All 10,000 test images, through timm's loader and transform in float32: the file's recorded top-1 (bf16
+    autocast at the end of training) to within 0.3 points."""
+    root = _extract("cifar10-jpg.tar.gz", tmp_path_factory, under="test/")
+    spec = importlib.util.spec_from_file_location("cifar10_accuracy", ROOT / "benchmarks" / "cifar10_accuracy.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    accuracy = script.main([name, "--data", str(root / "test")])[name]
+    recorded = json.loads(script.recorded(name)["test_acc"])
+    assert abs(accuracy - recorded) <= 0.003, (accuracy, recorded)

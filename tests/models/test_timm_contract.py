@@ -9,8 +9,9 @@ from timm.models._features_fx import create_feature_extractor, get_graph_node_na
 
 import visattn
 from visattn.models import variant_names
+from visattn.models.pretrained import SHIPPED
 
-VARIANTS = [*variant_names(), "resnet18_cbam_quickstart"]
+VARIANTS = [*variant_names(), *SHIPPED]
 HEAVY = {n for n in VARIANTS if n.startswith(("resnet34", "resnet50"))}
 
 
@@ -81,9 +82,10 @@ def test_fx_forward_and_backward(name):
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_the_quickstart_weights_load_with_features_only():
-    features = timm.create_model("resnet18_cbam_quickstart", pretrained=True, features_only=True).eval()
-    full = timm.create_model("resnet18_cbam_quickstart", pretrained=True).eval()
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_weights_load_with_features_only(name):
+    features = timm.create_model(name, pretrained=True, features_only=True).eval()
+    full = timm.create_model(name, pretrained=True).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         last = features(x)[-1]

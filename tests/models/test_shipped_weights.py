@@ -1,0 +1,92 @@
+"""The weights in weights/ load offline as timm models, match what visattn's own loader rebuilds from the same file,
+and carry their record; benchmarks/cifar10_accuracy.py scores them on image files and on CIFAR's lossless pickles."""
+
+import importlib.util
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+
+from visattn.models.pretrained import SHIPPED, WEIGHTS_DIR
+from visattn.pipelines.trained import load_trained
+
+CIFAR10 = [name for name in SHIPPED if name.endswith("_cifar10")]
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _accuracy_script():
+    spec = importlib.util.spec_from_file_location("cifar10_accuracy", BENCHMARKS / "cifar10_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metadata(name):
+    with safe_open(str(WEIGHTS_DIR / SHIPPED[name].file), framework="pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def test_cifar10_models_are_registered():
+    assert CIFAR10 and set(CIFAR10) <= set(timm.list_models("*_cifar10"))
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_timm_and_visattn_load_the_same_network(name):
+    model = timm.create_model(name, pretrained=True).eval()  # offline: the file in weights/
+    trained = load_trained(WEIGHTS_DIR / SHIPPED[name].file)  # rebuilt from the config in the file's metadata
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained.model.eval()(x), rtol=0, atol=0)
+    data = trained.config.data
+    assert model.pretrained_cfg["mean"] == pytest.approx(tuple(data.mean), abs=1e-6)
+    assert model.pretrained_cfg["std"] == pytest.approx(tuple(data.std), abs=1e-6)
+    assert model.pretrained_cfg["input_size"] == (3, data.image_size, data.image_size)
+    assert len(trained.classes) == model.num_classes
+
+
+@pytest.mark.parametrize("name", CIFAR10)
+def test_cifar10_files_record_classes_in_cifar_order_and_their_test_accuracy(name):
+    meta = _metadata(name)
+    assert tuple(meta["classes"]) == _accuracy_script().CIFAR10_CLASSES
+    assert 0.8 < meta["test_acc"] < 1.0 and meta["variant"] and meta["seed"] is not None
+
+
+def test_accuracy_script_reads_cifar_pickles_and_image_folders_alike(tmp_path):
+    script = _accuracy_script()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(20, 3, 32, 32), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, size=20)]
+    pickles = tmp_path / "cifar-10-batches-py"
+    pickles.mkdir()
+    with (pickles / "test_batch").open("wb") as f:
+        pickle.dump({"data": pixels.reshape(20, -1), "labels": labels}, f)
+    folder = tmp_path / "test"  # the same images as lossless PNG files
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+        target = folder / script.CIFAR10_CLASSES[label]
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(target / f"{i:04d}.png")
+    for name in script.CIFAR10_CLASSES:
+        (folder / name).mkdir(exist_ok=True)
+    name = CIFAR10[0]
+    from_pickle = script.main([name, "--data", str(pickles)])[name]
+    from_files = script.main([name, "--data", str(folder)])[name]
+    # The reference: visattn's loader and a hand-written normalisation of the same pixels.
+    trained = load_trained(WEIGHTS_DIR / SHIPPED[name].file)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (trained.config.data.mean, trained.config.data.std))
+    with torch.no_grad():
+        predicted = trained.model.eval()((torch.from_numpy(pixels).float() / 255 - mean) / std).argmax(1)
+    expected = float((predicted.numpy() == np.asarray(labels)).mean())
+    assert from_pickle == pytest.approx(expected) and from_files == pytest.approx(expected)
+
+
+def test_accuracy_script_names_a_wrong_folder(tmp_path):
+    (tmp_path / "cats").mkdir()
+    with pytest.raises(SystemExit, match="expected CIFAR-10's python folder"):
+        _accuracy_script().main([CIFAR10[0], "--data", str(tmp_path)])
