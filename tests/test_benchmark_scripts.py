@@ -48,3 +48,16 @@ def test_pointing_oracles_scores_a_trained_model():
     # The shipped model points at the object far more often than chance, on the classes without a hole or a bite.
     filled = [1 + CLASSES.index(name) for name in ("circle", "square", "cross", "star")]
     assert sum(results["gradcam"]["2px"][i] for i in filled) / len(filled) > 0.75
+
+
+def test_quickstart_time_runs_fresh_processes_and_reports_the_median(capsys):
+    tiny = ["loop.epochs=1", "data.num_train=128", "data.num_val=64", "eval.overlays=0"]
+    result = _load("quickstart_time").main(["--runs", "2", *tiny])
+    assert result["median_seconds"] > 0 and 0.0 <= result["median_accuracy"] <= 1.0
+    out = capsys.readouterr().out
+    assert out.count("best val top-1") == 3 and "over 2 fresh processes" in out and "machine: " in out
+
+
+def test_quickstart_time_rejects_zero_runs():
+    with pytest.raises(SystemExit):
+        _load("quickstart_time").main(["--runs", "0"])
