@@ -36,3 +36,16 @@ def test_input_channels_does_not_guess_unless_asked():
     assert input_channels(HeadFirst()) is None
     assert input_channels(HeadFirst(), guess=True) == 8  # registration order: a guess, not an answer
     assert input_channels(nn.Linear(3, 3), guess=True) is None
+
+
+def test_atomic_write_json_is_strict_json(tmp_path):
+    import json
+    import math
+
+    from visattn.files import atomic_write_json
+
+    path = tmp_path / "summary.json"
+    atomic_write_json(path, {"std": math.nan, "ci": [-math.inf, math.inf, 0.5], "nested": {"x": (1.0, math.nan)}})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"std": None, "ci": [None, None, 0.5], "nested": {"x": [1.0, None]}}

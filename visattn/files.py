@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import glob
+import json
+import math
 import os
 import re
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
 
 _STALE_SECONDS = 3600.0
 
@@ -69,3 +72,19 @@ def _umask() -> int:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: str | Path, value: Any, indent: int = 1) -> None:
+    """Write ``value`` as strict JSON to ``path`` atomically: NaN and infinite floats (a one-run std, an interval
+    over one pair) become null, which every JSON reader accepts."""
+    atomic_write_text(path, json.dumps(_finite(value), indent=indent, allow_nan=False) + "\n")

@@ -5,13 +5,12 @@ Every figure comes from the runs' records alone, so the committed ``summary.json
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..system.machine import describe_machine
 from .stats import mean_std, paired_difference
 
@@ -118,7 +117,7 @@ def write_report(records: Sequence[dict[str, Any]], study: Any, *, planned: int,
         "records": list(records),
     }
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_json(results_dir / "summary.json", summary)
     atomic_write_text(results_dir / "summary.md", markdown_summary(summary))
     plot_accuracy_vs_cost(summary, results_dir / "accuracy_vs_cost.png")
     plot_curves(summary, results_dir / "curves.png")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_json
 from ..utils import count_params
 from .checkpoint import checkpoint_progress
 
@@ -124,7 +124,7 @@ def write_summary(run_dir: Path, cfg: TrainConfig, history: list[dict[str, Any]]
                "train_seconds": seconds, "skipped_images": skipped,
                "best_epoch": max(history, key=lambda r: r.get("val_acc", -1.0))["epoch"] if history else None,
                "train_img_s": _mean([r["train_img_s"] for r in history]), **extra}
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(run_dir / "summary.json", summary, indent=2)
     if skipped:
         warnings.warn(f"{skipped} unreadable images were skipped in every epoch (data.on_corrupt='skip'); the "
                       f"epochs' train_skipped / val_skipped in metrics.jsonl say when", UserWarning, stacklevel=2)
