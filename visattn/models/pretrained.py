@@ -65,6 +65,9 @@ SHIPPED: dict[str, ShippedModel] = {m.name: m for m in [
     ShippedModel("resnet10w32_cifar10", "cifar10_resnet10w32_baseline.safetensors", None, CIFAR10_ARGS,
                  stem_stride=1, cfg=dict(_CIFAR10_CFG, tag="visattn_study",
                                          notes=("visattn CIFAR-10 CPU study, baseline",))),
+    ShippedModel("resnet10w32_cam_cifar10", "cifar10_resnet10w32_cam.safetensors", "cam", CIFAR10_ARGS,
+                 stem_stride=1, cfg=dict(_CIFAR10_CFG, tag="visattn_study",
+                                         notes=("visattn CIFAR-10 CPU study, CBAM's channel attention",))),
 ]}
 
 default_cfgs = generate_default_cfgs({
