@@ -258,3 +258,18 @@ def test_no_pairwise_matrix_is_saved_for_backward(score, position):
     y.sum().backward()
     assert largest < 576 * 576, largest
     assert x.grad is not None and all(p.grad is not None for p in block.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kwargs", [dict(score="additive"), dict(position="relative")])
+def test_recomputed_chunks_under_bf16_autocast_follow_the_float32_gradients(kwargs):
+    # The flash-style paths keep a float32 log-sum-exp and recompute bf16 logits in backward: within bf16 rounding.
+    torch.manual_seed(0)
+    block = PixelSelfAttention(32, num_heads=2, rd_channels=16, **kwargs).train()
+    randomize_parameters(block)
+    x = torch.randn(2, 32, 12, 12, requires_grad=True)
+    block(x).square().sum().backward()
+    reference, x.grad = x.grad.clone(), None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+    y.float().square().sum().backward()
+    assert (x.grad - reference).norm() / reference.norm() < 0.03

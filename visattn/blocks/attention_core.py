@@ -324,7 +324,10 @@ class _RecomputedSoftmaxAttention(torch.autograd.Function):
             torch.logsumexp(logits, -1, keepdim=True, out=lse[:, :, part])
             torch.matmul(logits.sub_(lse[:, :, part]).exp_().to(v.dtype), v, out=out[:, :, part])
         ctx.save_for_backward(q, k, v, out, lse, q_pos, k_pos, key_mask)
-        ctx.core, ctx.rows, ctx.num_params = core, rows, len(params)
+        ctx.core, ctx.rows = core, rows
+        # Backward recomputes the logits under the same autocast as forward, so they match the saved log-sum-exp.
+        device = q.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
         return out
 
     @staticmethod
@@ -342,8 +345,9 @@ class _RecomputedSoftmaxAttention(torch.autograd.Function):
             part = slice(start, start + ctx.rows)
             with torch.enable_grad():
                 q_part, k_all = q[:, :, part].detach().requires_grad_(), k.detach().requires_grad_()
-                logits = core.chunk_logits(q_part, k_all, q_pos[part] if q_pos is not None else None, k_pos,
-                                           key_mask)
+                with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1], enabled=ctx.autocast[2]):
+                    logits = core.chunk_logits(q_part, k_all, q_pos[part] if q_pos is not None else None, k_pos,
+                                               key_mask)
                 weights = (logits.detach() - lse[:, :, part]).exp()
                 g = grad_out[:, :, part].to(acc)
                 grad_v += weights.transpose(-1, -2) @ g
