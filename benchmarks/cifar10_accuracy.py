@@ -4,9 +4,10 @@
     python benchmarks/cifar10_accuracy.py resnet10w32_cifar10 --data /data/cifar-10-batches-py     # lossless
 
 ``timm.create_model(name, pretrained=True)`` reads the file in ``weights/``; images go through timm's own eval
-transform (``resolve_data_config`` + ``create_transform``) in float32, with no visattn data code. ``--data`` is an
-ImageFolder test split (``<class>/*.jpg|png``, CIFAR-10's class order) or CIFAR-10's python folder, whose
-``test_batch`` holds the original, never-compressed pixels. Prints top-1 beside the figure recorded in the file
+transform (``resolve_data_config`` + ``create_transform``) in float32, not through visattn's data pipeline. ``--data``
+is an ImageFolder test split (``<class>/*.jpg|png``, CIFAR-10's class order) or CIFAR-10's python folder (or the
+folder holding it), whose ``test_batch`` holds the original, never-compressed pixels; visattn's ``load_cifar`` reads
+it without running pickled code. Prints top-1 beside the figure recorded in the file
 (``test_acc`` in its safetensors metadata, measured on the JPEG copy under bf16 autocast at the end of training).
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from safetensors import safe_open
 from timm.data import create_transform, resolve_data_config
 
 import visattn  # noqa: F401  (registers the models)
+from visattn.data.cifar import CIFAR_LAYOUTS, load_cifar
 from visattn.models.pretrained import SHIPPED, WEIGHTS_DIR
 from visattn.system.machine import describe_machine
 
@@ -34,12 +35,11 @@ SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 def load_images(data: Path) -> tuple[list[Image.Image], np.ndarray, str]:
     """The test images and labels of ``data`` (an ImageFolder split or CIFAR-10's python folder) and a description."""
-    batch = data / "test_batch"
-    if batch.is_file():
-        with batch.open("rb") as f:
-            raw = pickle.load(f, encoding="latin1")  # CIFAR's own format; only read files you trust
-        pixels = np.asarray(raw["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return [Image.fromarray(p) for p in pixels], np.asarray(raw["labels"]), f"{batch} (lossless)"
+    folder = CIFAR_LAYOUTS["cifar10"]["folder"]
+    for root in (data.parent, data):  # --data is cifar-10-batches-py itself, or the folder holding it
+        if (root / folder / "test_batch").is_file():
+            pixels, labels, _ = load_cifar("cifar10", root, "test")
+            return [Image.fromarray(p) for p in pixels], np.asarray(labels), f"{root / folder} (lossless)"
     folders = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
     if [p.name for p in folders] != list(CIFAR10_CLASSES):
         raise SystemExit(f"--data {data}: expected CIFAR-10's python folder (with test_batch) or an ImageFolder split "

@@ -3,15 +3,17 @@ and carry their record; benchmarks/cifar10_accuracy.py scores them on image file
 
 import importlib.util
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors import safe_open
 
+from tests.conftest import fake_cifar
+from visattn.data.cifar import load_cifar
 from visattn.models.pretrained import SHIPPED, WEIGHTS_DIR
 from visattn.pipelines.trained import load_trained
 
@@ -58,22 +60,13 @@ def test_cifar10_files_record_classes_in_cifar_order_and_their_test_accuracy(nam
 
 def test_accuracy_script_reads_cifar_pickles_and_image_folders_alike(tmp_path):
     script = _accuracy_script()
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(20, 3, 32, 32), dtype=np.uint8)
-    labels = [int(v) for v in rng.integers(0, 10, size=20)]
-    pickles = tmp_path / "cifar-10-batches-py"
-    pickles.mkdir()
-    with (pickles / "test_batch").open("wb") as f:
-        pickle.dump({"data": pixels.reshape(20, -1), "labels": labels}, f)
+    pickles = fake_cifar(tmp_path, n_per_batch=20)
+    pixels, labels, _ = load_cifar("cifar10", tmp_path, "test")  # (20, 32, 32, 3) uint8
     folder = tmp_path / "test"  # the same images as lossless PNG files
-    from PIL import Image
-
-    for i, (image, label) in enumerate(zip(pixels, labels, strict=True)):
-        target = folder / script.CIFAR10_CLASSES[label]
-        target.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.transpose(1, 2, 0)).save(target / f"{i:04d}.png")
     for name in script.CIFAR10_CLASSES:
-        (folder / name).mkdir(exist_ok=True)
+        (folder / name).mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+        Image.fromarray(image).save(folder / script.CIFAR10_CLASSES[label] / f"{i:04d}.png")
     name = CIFAR10[0]
     from_pickle = script.main([name, "--data", str(pickles)])[name]
     from_files = script.main([name, "--data", str(folder)])[name]
@@ -81,7 +74,8 @@ def test_accuracy_script_reads_cifar_pickles_and_image_folders_alike(tmp_path):
     trained = load_trained(WEIGHTS_DIR / SHIPPED[name].file)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (trained.config.data.mean, trained.config.data.std))
     with torch.no_grad():
-        predicted = trained.model.eval()((torch.from_numpy(pixels).float() / 255 - mean) / std).argmax(1)
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+        predicted = trained.model.eval()((images - mean) / std).argmax(1)
     expected = float((predicted.numpy() == np.asarray(labels)).mean())
     assert from_pickle == pytest.approx(expected) and from_files == pytest.approx(expected)
 
