@@ -224,14 +224,12 @@ def _queries(text: str) -> list[tuple[float, float]]:
 
 
 def _explain_errors() -> tuple[type[BaseException], ...]:
+    # Called in the except clauses, which Python evaluates only once an exception is raised: no import at start-up.
     import pickle
 
     from safetensors import SafetensorError
 
     return OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError
-
-
-_EXPLAIN_ERRORS = _explain_errors()
 
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
@@ -262,7 +260,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
                                  heads=args.heads, alpha=args.alpha, cmap=args.cmap, batch_size=args.batch_size,
                                  image_format=args.format, page_size=args.page_size,
                                  progress=sys.stderr.isatty())
-    except _EXPLAIN_ERRORS as err:  # missing files, bad weights or arguments: say what, no trace
+    except _explain_errors() as err:  # missing files, bad weights or arguments: say what, no trace
         print(f"visattn overlay: {err}", file=sys.stderr)
         return 2
     data = json.loads(manifest.read_text())
@@ -285,7 +283,7 @@ def _cmd_evaluate_cams(args: argparse.Namespace) -> int:
                                out_dir=args.out, sanity=not args.no_sanity, batch_size=args.batch_size,
                                tolerance=args.tolerance,
                                progress=sys.stderr.isatty())
-    except _EXPLAIN_ERRORS as err:
+    except _explain_errors() as err:
         print(f"visattn evaluate-cams: {err}", file=sys.stderr)
         return 2
     print(report.table(markdown=args.markdown))

@@ -18,7 +18,7 @@ import tokenize
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
-from .schema import schema_fields
+from .schema import field_default, schema_fields
 
 __all__ = ["json_schema"]
 
@@ -47,7 +47,7 @@ def _section(cls: type) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for field, tp in schema_fields(cls):
         prop = _type(tp)
-        default = _default(field)
+        default = field_default(field)
         if default is not dataclasses.MISSING and not dataclasses.is_dataclass(default):
             prop["default"] = list(default) if isinstance(default, tuple) else default
         if field.name in comments:
@@ -56,14 +56,6 @@ def _section(cls: type) -> dict[str, Any]:
     doc = inspect.getdoc(cls) or ""
     return {"type": "object", "description": doc.split("\n\n")[0].replace("\n", " "), "properties": properties,
             "additionalProperties": False}
-
-
-def _default(field: dataclasses.Field[Any]) -> Any:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return dataclasses.MISSING
 
 
 def _type(tp: Any) -> dict[str, Any]:
@@ -117,7 +109,7 @@ def _field_comments(cls: type) -> dict[str, str]:
                 out[name] = f"{out[name]} {text}".strip() if name in out else text
             else:
                 pending.append(text)
-        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT):
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
             if tok.start[0] not in line_field:
                 pending = []  # a comment above something else (a method, a docstring) is not a field's
     return out

@@ -14,7 +14,8 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "closest_key", "build_dataclass", "describe_value", "schema_fields", "to_plain"]
+__all__ = ["ConfigError", "closest_key", "build_dataclass", "describe_value", "field_default", "schema_fields",
+           "to_plain"]
 
 T = TypeVar("T")
 
@@ -116,7 +117,7 @@ def build_dataclass(cls: type[T], data: Mapping[str, Any], path: str, base: Any)
     missing: list[str] = []
     for f, tp in fields:
         key = _join(path, f.name)
-        fallback = getattr(base, f.name) if base is not None else _default(f)
+        fallback = getattr(base, f.name) if base is not None else field_default(f)
         if f.name in data:  # a dataclass section given as a mapping fills in over `fallback`
             kwargs[f.name] = _convert_child(data[f.name], tp, key, base=fallback)
         elif fallback is _MISSING:
@@ -133,7 +134,8 @@ def build_dataclass(cls: type[T], data: Mapping[str, Any], path: str, base: Any)
         raise ConfigError(f"invalid {section} ({cls.__name__}): {exc}") from exc
 
 
-def _default(f: dataclasses.Field[Any]) -> Any:
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    """A dataclass field's default (its factory called), or ``dataclasses.MISSING`` where it has none."""
     if f.default is not _MISSING:
         return f.default
     if f.default_factory is not _MISSING:

@@ -194,8 +194,9 @@ def load_checkpoint(
     def section(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
-    _check_fits(unwrap_model(model), section("model."), path)
-    unwrap_model(model).load_state_dict(section("model."))
+    weights = section("model.")
+    _check_fits(unwrap_model(model), weights, path)
+    unwrap_model(model).load_state_dict(weights)
     if ema is not None:
         ema.load_state_dict(section("ema."))
     if optimizer is not None:

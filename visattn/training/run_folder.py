@@ -52,7 +52,7 @@ def resolve_run_dir(cfg: TrainConfig, config_path: str | Path | None, resume: bo
         if saved:
             return max(saved, key=lambda p: (p / "last.safetensors").stat().st_mtime_ns)
         if not own_base:
-            raise FileNotFoundError(f"no run {name!r} to resume: {base} holds run {recorded_run_name(base)!r}; "
+            raise FileNotFoundError(f"no run {name!r} to resume: {base} holds run {recorded!r}; "
                                     f"pass --resume PATH to continue that one")
         return base
     if not base.exists():
