@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -197,8 +198,10 @@ def _shapes(cfg: DataConfig) -> DataBundle:
     if cfg.val_split is None:
         return DataBundle(with_side(train, "train"), with_side(val, "val"), classes)
     kept, held_out = holdout_indices(train.targets, cfg.val_split, cfg.seed)
-    # The held-out images get the evaluation transform: the same generated split, seen through another pipeline.
-    train_eval = split("train", cfg.num_train, False)
+    # The held-out images get the evaluation transform: the same generated split (its rendered arrays shared, as
+    # sample() hands out copies), seen through another pipeline.
+    train_eval = copy.copy(train)
+    train_eval.transform = build_transform(cfg, train=False, native_size=cfg.image_size)
     return DataBundle(with_side(IndexedDataset(train, kept), "train", kept),
                       with_side(IndexedDataset(train_eval, held_out), "train", held_out), classes,
                       test=with_side(val, "val"))
