@@ -60,7 +60,7 @@ def _number(value: float | None) -> str:
 
 
 def _signed_pct(value: float) -> str:
-    return "-inf" if value == -math.inf else "+inf" if value == math.inf else f"{100 * value:+.2f}"
+    return f"{100 * value:+.2f}"  # finite: intervals are printed only over two or more pairs
 
 
 def markdown_summary(summary: dict[str, Any]) -> str:
