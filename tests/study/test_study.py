@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,21 +160,69 @@ def test_grid_trains_reports_and_skips_finished_runs(tiny_study):
 def test_partial_report_says_how_many_seeds_each_comparison_rests_on():
     from visattn.study.report import aggregate, markdown_summary
 
-    def record(variant, seed, acc):
+    machines = [{"cpu": f"CPU {name}", "torch_threads": 2, "python": "3", "torch": "2", "timm": "1", "visattn": "0"}
+                for name in ("A", "B")]
+
+    def record(variant, seed, acc, machine=machines[0]):
         return {"variant": variant, "seed": seed, "test_acc": acc, "best_val_test_acc": acc, "params": 10,
-                "flops": 10, "train_img_s": 1.0, "train_seconds": 60.0, "epochs": 1, "best_epoch": 1, "amp": "none"}
+                "flops": 10, "train_img_s": 1.0, "train_seconds": 60.0, "epochs": 1, "best_epoch": 1, "amp": "none",
+                "machine": machine}
 
     records = [record("baseline", 0, 0.80), record("baseline", 1, 0.82), record("se", 0, 0.81),
-               record("se", 1, 0.84), record("cam", 0, 0.83), record("cbam", 2, 0.85)]
+               record("se", 1, 0.84), record("cam", 0, 0.83), record("cbam", 2, 0.85, machines[1])]
     variants = aggregate(records, ["baseline", "se", "cam", "cbam"], "baseline")
-    markdown = markdown_summary({"title": "t", "baseline": "baseline", "finished": 6, "planned": 12, "machine": None,
-                                 "variants": variants, "records": records})
+    markdown = markdown_summary({"title": "t", "baseline": "baseline", "finished": 6, "planned": 12,
+                                 "machines": machines, "variants": variants, "records": records})
+    assert "(1) CPU A, 2 threads" in markdown and "(2) CPU B, 2 threads" in markdown
+    runs = markdown.split("## Runs")[1]
+    assert "| cbam | 2 | 85.00 |" in runs and runs.rstrip().endswith("| none | 2 |")  # the run's machine
+    assert "| cam | 0 | 83.00 |" in runs and "| none | 1 |" in runs
     table = markdown.split("## Runs")[0].splitlines()
     rows = {line.split(" | ")[0].strip("| "): line for line in table if line.startswith("| ")}
     assert "| 81.00 +- 1.41 |" in rows["baseline"]  # two seeds: mean +- sample std
     assert "+1.50 [" in rows["se"] and "inf" not in markdown and "nan" not in markdown
     assert "| 83.00 | +3.00 (one seed: no interval) |" in rows["cam"]  # one run: no spread, no interval
     assert "| 85.00 | - (no baseline run of the same seeds yet) |" in rows["cbam"]
+
+
+def test_a_fresh_checkout_skips_the_runs_whose_records_are_kept_with_the_results(tiny_study):
+    study = load_study_config(tiny_study / "study.yaml")
+    first = run_study(study, stream=open(os.devnull, "w"))
+    kept = sorted(p.name for p in (tiny_study / "results" / "records").iterdir())
+    assert kept == ["baseline-seed0.json", "baseline-seed1.json", "se-seed0.json", "se-seed1.json"]
+    assert json.loads((tiny_study / "results" / "records" / "se-seed1.json").read_text()) == \
+        read_record(tiny_study / "runs" / "se-seed1")
+    shutil.rmtree(tiny_study / "runs")  # what a new clone of the repository has: the results, no run folders
+    lines = []
+    again = run_study(study, stream=_Lines(lines))
+    assert again.complete and lines == [] and not (tiny_study / "runs").exists()  # nothing trained
+    assert again.records == first.records
+    summary = json.loads((tiny_study / "results" / "summary.json").read_text())
+    assert summary["finished"] == 4 and summary["records"] == first.records
+
+
+def test_a_kept_record_of_another_config_is_refused(tiny_study):
+    study = load_study_config(tiny_study / "study.yaml")
+    run_study(study, variants=["baseline"], seeds=[0], stream=open(os.devnull, "w"))
+    shutil.rmtree(tiny_study / "runs")
+    with pytest.raises(ConfigError, match=r"records/baseline-seed0.json records a run of another config"):
+        run_study(study, ["loop.epochs=4"], variants=["baseline"], seeds=[0], stream=open(os.devnull, "w"))
+
+
+def test_study_overrides_reach_every_run_before_the_variants_own(tiny_study):
+    study = load_study_config(tiny_study / "study.yaml",
+                              ["overrides={model.name: resnet18_cbam, optim.lr: 0.03, loop.amp: auto}"])
+    runs = plan_runs(study)
+    assert [r.config.model.name for r in runs] == ["resnet18_cbam", "resnet18_se"] * 2  # the variant's wins
+    assert all(r.config.optim.lr == 0.03 and r.config.loop.amp == "auto" for r in runs)
+    lines = []
+    result = run_study(study, variants=["baseline"], seeds=[0], stream=_Lines(lines))
+    assert "loop.amp=auto" in lines[0] and "overrides: {loop.amp: none}" in lines[0]  # one note, before training
+    assert sum("loop.amp=auto" in line for line in lines) == 1
+    assert result.records[0]["amp"] in ("none", "bf16")
+    bad = load_study_config(tiny_study / "study.yaml", ["overrides={optim.lrr: 0.1}"])
+    with pytest.raises(ConfigError, match=r"^overrides: unknown config key 'optim.lrr'; did you mean 'optim.lr'"):
+        plan_runs(bad)
 
 
 def test_a_run_made_with_another_config_is_refused(tiny_study):

@@ -5,14 +5,15 @@
     train: ../cifar10_cpu.yaml          # the training config every run starts from (relative to this file)
     seeds: [0, 1, 2]                    # loop.seed of each run
     baseline: baseline                  # the variant the others are compared with
+    overrides: {loop.amp: none}         # overrides of the training config for every run
     variants:                           # name -> overrides of the training config (nested or dotted keys)
       baseline: {}
       se: {model.name: resnet18_se}
     runs_dir: runs/study/cifar10_cpu    # <runs_dir>/<variant>-seed<seed>/ : one training run folder each
-    results_dir: results/cifar10_cpu    # summary.json, summary.md, accuracy_vs_cost.png, curves.png
+    results_dir: results/cifar10_cpu    # summary.json, summary.md, the plots, and records/<run>.json
 
-The grid is every variant x every seed. Each run's config is the training config, then the variant's overrides,
-then the command line's, then ``loop.seed``.
+The grid is every variant x every seed. Each run's config is the training config, then the study's ``overrides``,
+then the variant's, then the command line's, then ``loop.seed``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class StudyConfig:
 
     train: str = ""  # training config file, relative to the study file
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # training-config overrides shared by every run
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     baseline: str = "baseline"
     runs_dir: str = "runs/study"
@@ -109,17 +111,21 @@ def plan_runs(study: StudyConfig, train_overrides: Sequence[str] = (), *, varian
         seeds: only these seeds (default: the study's).
 
     Raises:
-        ConfigError: a variant's overrides do not make a valid training config (the message names the variant), or
-            ``variants`` names an unknown one.
+        ConfigError: the study's or a variant's overrides do not make a valid training config (the message names
+            which), or ``variants`` names an unknown one.
     """
     chosen = list(variants) if variants is not None else list(study.variants)
     unknown = [v for v in chosen if v not in study.variants]
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; the study has {list(study.variants)}")
+    try:
+        load_train_config(study.train, _flatten(study.overrides))
+    except ConfigError as err:
+        raise ConfigError(f"overrides: {err}") from None
     configs = {}
     for name in chosen:
         try:
-            configs[name] = _flatten(study.variants[name])
+            configs[name] = [*_flatten(study.overrides), *_flatten(study.variants[name])]
             load_train_config(study.train, [*configs[name], *train_overrides])  # fail before any run starts
         except ConfigError as err:
             raise ConfigError(f"variant {name!r}: {err}") from None

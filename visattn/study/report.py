@@ -66,11 +66,17 @@ def _signed_pct(value: float) -> str:
 def markdown_summary(summary: dict[str, Any]) -> str:
     """The table a person reads: mean +- std per variant, and each block's paired difference to the baseline."""
     baseline = summary["baseline"]
+    machines = summary["machines"]
+    if len(machines) == 1:
+        where = f"Machine: {describe_machine(machines[0])}."
+    else:  # a grid shared among machines: times compare only within one
+        where = ("Machines (the runs table gives each run's; minutes compare only on one machine): " +
+                 "; ".join(f"({i}) {describe_machine(m)}" for i, m in enumerate(machines, start=1)) + ".")
     lines = [f"# {summary['title']}", "",
              f"{summary['finished']} of {summary['planned']} runs finished. Test top-1 is the last epoch's weights "
              f"on the data set's own test split, which no run uses for any choice (the validation split held out of "
              f"the training images draws the curves and picks the best epoch of the second column of the runs "
-             f"table). Machine: {describe_machine(summary['machine'])}.", "",
+             f"table). {where}", "",
              f"| variant | runs | test top-1 % (mean +- std) | vs {baseline}, paired (95 % CI) | params | MFLOPs "
              f"| train img/s | minutes per run | CPU minutes per run |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -96,10 +102,12 @@ def markdown_summary(summary: dict[str, Any]) -> str:
               "training loop (evaluation included); CPU minutes add up all threads' CPU time, which other work on the "
               "same machine barely changes.", "",
               "## Runs", "", "| variant | seed | test top-1 % | at best val epoch % | best epoch | epochs | minutes "
-              "| precision |", "|---|---|---|---|---|---|---|---|"]
+              "| precision | machine |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(summary["records"], key=lambda r: (list(summary["variants"]).index(r["variant"]), r["seed"])):
+        machine = machines.index(r.get("machine")) + 1 if r.get("machine") in machines else "-"
         lines.append(f"| {r['variant']} | {r['seed']} | {_pct(r['test_acc'])} | {_pct(r.get('best_val_test_acc'))} "
-                     f"| {r.get('best_epoch')} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {r.get('amp')} |")
+                     f"| {r.get('best_epoch')} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {r.get('amp')} "
+                     f"| {machine} |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,7 +120,7 @@ def write_report(records: Sequence[dict[str, Any]], study: Any, *, planned: int,
         "baseline": study.baseline,
         "planned": planned,
         "finished": len(records),
-        "machine": records[-1]["machine"],
+        "machines": _distinct([r.get("machine") for r in records]),
         "variants": aggregate(records, order, study.baseline),
         "records": list(records),
     }
@@ -122,6 +130,15 @@ def write_report(records: Sequence[dict[str, Any]], study: Any, *, planned: int,
     plot_accuracy_vs_cost(summary, results_dir / "accuracy_vs_cost.png")
     plot_curves(summary, results_dir / "curves.png")
     return summary
+
+
+def _distinct(values: Sequence[Any]) -> list[Any]:
+    """The values in order of first appearance, each once (dicts are not hashable, so no set)."""
+    out: list[Any] = []
+    for value in values:
+        if value not in out:
+            out.append(value)
+    return out
 
 
 def _pyplot() -> Any:

@@ -1,10 +1,12 @@
 """Run a study's grid: each run trained once, resumed where it stopped, never by two processes at a time.
 
-A run is finished once its folder holds ``study_record.json`` (written atomically, last). Until then the run is
-continued from its ``last.safetensors``, written after every epoch, so a study killed at any point (``kill -9``
-included) loses at most the epoch in flight. Each run folder is locked while a process trains in it
-(``training.lock``): several study processes started on one grid share the work, each skipping the runs that another
-holds.
+A run is finished once its folder holds ``study_record.json`` (written atomically, last), or once the results folder
+holds its copy, ``<results_dir>/records/<run>.json``. The copy is meant to be committed with the summary: a fresh
+checkout (run folders are rarely kept) then skips every run that finished anywhere, so a grid can be shared among
+machines and sessions. Until a run is finished it is continued from its ``last.safetensors``, written after every
+epoch, so a study killed at any point (``kill -9`` included) loses at most the epoch in flight. Each run folder is
+locked while a process trains in it (``training.lock``): several study processes started on one grid share the work,
+each skipping the runs that another holds. The summary is rewritten after every finished run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from ..config import TrainConfig
 from ..config.loader import ConfigError, load_config
 from ..data.side import side_width
-from ..files import atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 from ..pipelines.train import train
 from ..pipelines.trained import load_trained
 from ..system.machine import machine_info
@@ -35,9 +37,10 @@ from ..utils import count_flops
 from .config import RunSpec, StudyConfig, config_hash, plan_runs
 from .report import write_report
 
-__all__ = ["RECORD_NAME", "StudyResult", "run_study", "read_record"]
+__all__ = ["RECORD_NAME", "RECORDS_DIR", "StudyResult", "run_study", "read_record", "finished_record"]
 
 RECORD_NAME = "study_record.json"
+RECORDS_DIR = "records"  # under results_dir: one <run>.json per finished run, committed with the summary
 
 
 class StudyResult:
@@ -57,6 +60,26 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())
+
+
+def finished_record(spec: RunSpec, records_dir: Path) -> dict[str, Any] | None:
+    """The record of a finished run, from its run folder or else from ``records_dir``; None while unfinished.
+
+    Raises:
+        ConfigError: the kept record was made with another config than the study now gives the run.
+    """
+    record = read_record(spec.run_dir)
+    if record is not None:
+        return record
+    kept = records_dir / f"{spec.name}.json"
+    if not kept.is_file():
+        return None
+    record = json.loads(kept.read_text())
+    now = config_hash(spec.config)
+    if record.get("config_hash") != now:
+        raise ConfigError(f"{kept} records a run of another config (hash {record.get('config_hash')}, the study now "
+                          f"gives {now}); delete it, or point results_dir elsewhere, to train the run anew")
+    return record
 
 
 def run_study(study: StudyConfig, train_overrides: Sequence[str] = (), *, variants: Sequence[str] | None = None,
@@ -81,14 +104,35 @@ def run_study(study: StudyConfig, train_overrides: Sequence[str] = (), *, varian
     runs = plan_runs(study, [*train_overrides, "checkpoint.every=1"], variants=variants, seeds=seeds)
     for spec in runs:
         _check_unchanged(spec)
+    results_dir = Path(study.results_dir or study.runs_dir)
+    records_dir = results_dir / RECORDS_DIR
+
+    def report() -> list[dict[str, Any]]:
+        records = []
+        for spec in runs:
+            record = finished_record(spec, records_dir)
+            if record is not None:
+                _keep(record, records_dir / f"{spec.name}.json")
+                records.append(record)
+        if records:
+            write_report(records, study, planned=len(runs), results_dir=results_dir)
+        return records
+
     busy: list[str] = []
     if train_runs:
-        busy = _train_all(runs, stream)
-    records = [r for r in (read_record(spec.run_dir) for spec in runs) if r is not None]
-    results_dir = Path(study.results_dir or study.runs_dir)
-    if records:
-        write_report(records, study, planned=len(runs), results_dir=results_dir)
-    return StudyResult(records, len(runs), busy, results_dir)
+        if any(spec.config.loop.amp == "auto" for spec in runs):
+            print("note: loop.amp=auto times bf16 against float32 at the start of each run, so the runs of one grid "
+                  "may train in different precisions; pin it for the whole grid in the study file, e.g. "
+                  "overrides: {loop.amp: none}", file=stream)
+        busy = _train_all(runs, records_dir, stream, on_finished=report)
+    return StudyResult(report(), len(runs), busy, results_dir)
+
+
+def _keep(record: dict[str, Any], path: Path) -> None:
+    """Copy a finished run's record into the results folder, unless the same record is there already."""
+    if not path.is_file() or json.loads(path.read_text()) != record:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
 
 
 def _check_unchanged(spec: RunSpec) -> None:
@@ -103,12 +147,13 @@ def _check_unchanged(spec: RunSpec) -> None:
                           f"{now}); move that folder away, or point runs_dir elsewhere, to train it anew")
 
 
-def _train_all(runs: list[RunSpec], stream: TextIO) -> list[str]:
-    """Train the unfinished runs in order; returns the names of those another process holds."""
-    eta = _Eta(runs)
+def _train_all(runs: list[RunSpec], records_dir: Path, stream: TextIO, on_finished: Callable[[], object]
+               ) -> list[str]:
+    """Train the unfinished runs in order, calling ``on_finished`` after each; returns those another process holds."""
+    eta = _Eta(runs, records_dir)
     busy = []
     for index, spec in enumerate(runs, start=1):
-        if read_record(spec.run_dir) is not None:
+        if finished_record(spec, records_dir) is not None:
             continue
         lock = RunLock(spec.run_dir)
         try:
@@ -118,10 +163,13 @@ def _train_all(runs: list[RunSpec], stream: TextIO) -> list[str]:
             print(f"[{index}/{len(runs)}] {spec.name}: another process is training it; skipped", file=stream)
             continue
         try:
-            if read_record(spec.run_dir) is None:  # another process may have finished it meanwhile
+            trained = finished_record(spec, records_dir) is None  # another process may have finished it meanwhile
+            if trained:
                 eta.record(spec, _train_one(spec, f"[{index}/{len(runs)}]", eta, stream))
         finally:
             lock.release()
+        if trained:
+            on_finished()
     return busy
 
 
@@ -199,13 +247,13 @@ def _make_record(spec: RunSpec) -> dict[str, Any]:
 class _Eta:
     """Time left in the grid: seconds per epoch, per variant where known, from finished runs and this process."""
 
-    def __init__(self, runs: list[RunSpec]) -> None:
+    def __init__(self, runs: list[RunSpec], records_dir: Path) -> None:
         self.runs = runs
         self.per_epoch: dict[str, list[float]] = {}
         self.done_epochs: dict[str, int] = {}
         self.last_seconds: dict[str, float] = {}
         for spec in runs:
-            record = read_record(spec.run_dir)
+            record = finished_record(spec, records_dir)
             if record is not None:
                 self.record(spec, record)
             else:
