@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -239,8 +240,8 @@ def test_a_killed_overlay_run_resumes_and_skips_its_own_output(tmp_path: Path) -
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    old_every = writer._SAVE_EVERY
-    writer._SAVE_EVERY = (1, 0.0)  # save after every image, so the kill leaves two finished ones
+    old_every, old_share = writer._SAVE_EVERY, writer._SAVE_SHARE
+    writer._SAVE_EVERY, writer._SAVE_SHARE = (1, 0.0), math.inf  # save after every image: the kill leaves two
     try:
         writer._write_item = dies_at_the_third
         with pytest.raises(KeyboardInterrupt):
@@ -252,8 +253,17 @@ def test_a_killed_overlay_run_resumes_and_skips_its_own_output(tmp_path: Path) -
         writer._write_item = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
         assert main(args) == 0
     finally:
-        writer._write_item, writer._SAVE_EVERY = real, old_every
+        writer._write_item, writer._SAVE_EVERY, writer._SAVE_SHARE = real, old_every, old_share
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] is True and len(calls) == len(stems) - 2  # only the unfinished images again
     assert sorted(Path(e["source"]).stem for e in manifest["images"]) == sorted(stems)
     assert all(e["files"]["grid"].endswith(".jpg") for e in manifest["images"])
+
+
+def test_manifest_saves_come_every_25_images_or_20_s_but_take_at_most_a_tenth_of_the_time():
+    from visattn.export.writer import _save_due
+
+    assert _save_due(25, 0.5, 0.001) and not _save_due(24, 0.5, 0.001)
+    assert _save_due(1, 20.0, 0.001) and not _save_due(1, 19.0, 0.001)
+    # A large gallery whose last save took 3 s waits 30 s, however many images came since.
+    assert not _save_due(1000, 29.0, 3.0) and _save_due(1000, 30.0, 3.0)

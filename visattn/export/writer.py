@@ -10,8 +10,9 @@ Layout of ``out_dir`` (``.png``, or ``.jpg`` / ``.webp`` with ``image_format``):
     <stem>/thumbs/*.jpg      small copies of the grid and each overlay, for the gallery's pages
 
 Items are streamed: each is written and dropped before the next is read, so a long run holds one image at a time.
-The manifest is rewritten every few images with ``"complete": false``, so a run killed midway leaves a gallery of
-what it finished, and ``overlay_files`` resumes it instead of explaining those images, or its own output, again.
+The manifest is rewritten every 25 images or 20 seconds (but never more than a tenth of the time) with
+``"complete": false``, so a run killed midway leaves a gallery of what it finished, and ``overlay_files`` resumes it
+instead of explaining those images, or its own output, again.
 """
 
 from __future__ import annotations
@@ -44,7 +45,17 @@ MANIFEST_FORMAT = "visattn.overlays/1"
 MANIFEST_NAME = "manifest.json"
 IMAGE_FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 _THUMB_SIDE = 384  # gallery thumbnails: at most this many pixels on the longer side (small inputs keep their size)
-_SAVE_EVERY = (25, 20.0)  # rewrite the manifest after this many new images or seconds, whichever comes first
+_SAVE_EVERY = (25, 20.0)  # rewrite the manifest after this many new images or seconds, whichever comes first ...
+_SAVE_SHARE = 0.1  # ... but spend at most this share of the time on it: a save rewrites the whole manifest and every
+#                    page, so in a run of many thousand images fixed intervals would make the saving quadratic
+
+
+def _save_due(new_images: int, seconds_since: float, last_save_seconds: float) -> bool:
+    """Whether to rewrite the manifest now, ``new_images`` and ``seconds_since`` after the last save, which took
+    ``last_save_seconds``."""
+    if seconds_since * _SAVE_SHARE < last_save_seconds:
+        return False
+    return new_images >= _SAVE_EVERY[0] or seconds_since >= _SAVE_EVERY[1]
 
 
 @dataclass
@@ -330,13 +341,15 @@ def write_overlays(out_dir: str | Path, items: Iterable[OverlayItem], *, alpha: 
             pages.add(name)
         return manifest
 
-    saved_at, saved_count = time.monotonic(), len(entries)
+    saved_at, saved_count, save_seconds = time.monotonic(), len(entries), 0.0
     for item in tqdm(items, desc="overlays", unit="image", disable=not progress):
         folder = folders.take(PurePath(str(getattr(item, "source", ""))).stem)
         entries.append(_write_item(out_dir, item, folder, alpha, cmap, IMAGE_FORMATS[image_format]))
-        if len(entries) - saved_count >= _SAVE_EVERY[0] or time.monotonic() - saved_at >= _SAVE_EVERY[1]:
+        if _save_due(len(entries) - saved_count, time.monotonic() - saved_at, save_seconds):
+            started = time.monotonic()
             save(complete=False)
             saved_at, saved_count = time.monotonic(), len(entries)
+            save_seconds = saved_at - started
     manifest = save(complete=True)
     # Pages of an earlier, longer gallery that this one no longer has.
     for number in range(2, 100_000):
