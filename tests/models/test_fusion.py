@@ -5,6 +5,7 @@ import timm
 import torch
 
 from visattn.config import load_train_config
+from visattn.data.datasets import build_datasets
 from visattn.models.fusion import FusionClassifier
 from visattn.pipelines.trained import load_trained
 from visattn.training.run import train
@@ -33,10 +34,18 @@ def test_fusion_configs_train_and_load_back(tmp_path, inputs):
     cfg = load_train_config(None, [*_TINY, f"model.fusion={{inputs: {inputs}}}"])
     result = train(cfg, run_dir=tmp_path / "run")
     assert result.epochs == 2 and 0 <= result.test_accuracy <= 1
-    trained = load_trained(tmp_path / "run")
+    trained = load_trained(tmp_path / "run" / "last.safetensors", config=tmp_path / "run" / "config.yaml")
     assert isinstance(trained.model, FusionClassifier) and trained.model.inputs == inputs
-    logits = trained.model(torch.randn(3, 3, 32, 32), torch.randn(3, 12))
-    assert logits.shape == (3, 10)
+    # The reloaded model scores the test split (images with their side vectors) as the run did at its end.
+    test = build_datasets(cfg.data).test
+    items = [test[i] for i in range(len(test))]
+    images = torch.stack([image for (image, _), _ in items])
+    side = torch.stack([vector for (_, vector), _ in items])
+    labels = torch.tensor([label for _, label in items])
+    with torch.no_grad():
+        logits = trained.model(images, side)
+    assert logits.shape == (len(test), 10)
+    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(result.test_accuracy)
 
 
 def test_gate_per_class_script_on_a_trained_fusion(tmp_path):
