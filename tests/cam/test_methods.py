@@ -176,9 +176,10 @@ def test_a_class_target_explains_that_class() -> None:
 def test_the_opt_in_bf16_channels_last_path_stays_close_and_leaves_the_model_alone():
     import timm
 
+    from tests.conftest import make_trained_like
     from visattn.cam import create_cam
 
-    model = timm.create_model("resnet18", num_classes=10).eval()
+    model = make_trained_like(timm.create_model("resnet18", num_classes=10)).eval()  # every branch contributes
     x = torch.randn(2, 3, 64, 64)
     strides = {n: p.stride() for n, p in model.named_parameters()}
     with create_cam("gradcam", model, "layer4") as cam:

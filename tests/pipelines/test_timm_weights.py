@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from tests.conftest import make_trained_like
 from visattn.cli import main
 from visattn.pipelines.timm_weights import find_cached_weights, load_timm_pretrained
 from visattn.pipelines.trained import class_names
@@ -16,7 +17,8 @@ from visattn.pipelines.trained import class_names
 
 def _weights(path, name="resnet18", seed=0):
     torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False)
+    # Trained-like norms: timm's zero-initialised last BN of each branch would leave the residual convs unchecked.
+    model = make_trained_like(timm.create_model(name, pretrained=False), seed)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model
 
