@@ -98,7 +98,8 @@ def run_study(study: StudyConfig, train_overrides: Sequence[str] = (), *, varian
         The finished runs' records, how many runs were planned, and those another process was training.
 
     Raises:
-        ConfigError: a bad variant, or a run folder made with another config than the study now gives it.
+        ConfigError: a bad variant, or a run folder or kept record made with another config than the study now
+            gives it.
     """
     stream = stream or sys.stderr
     runs = plan_runs(study, [*train_overrides, "checkpoint.every=1"], variants=variants, seeds=seeds)
@@ -107,6 +108,8 @@ def run_study(study: StudyConfig, train_overrides: Sequence[str] = (), *, varian
     results_dir = Path(study.results_dir or study.runs_dir)
     records_dir = results_dir / RECORDS_DIR
 
+    written: list[dict[str, Any]] = []  # the records the summary on disk was last written from
+
     def report() -> list[dict[str, Any]]:
         records = []
         for spec in runs:
@@ -114,8 +117,9 @@ def run_study(study: StudyConfig, train_overrides: Sequence[str] = (), *, varian
             if record is not None:
                 _keep(record, records_dir / f"{spec.name}.json")
                 records.append(record)
-        if records:
+        if records and records != written:  # the last run's summary is not drawn a second time at the end
             write_report(records, study, planned=len(runs), results_dir=results_dir)
+            written[:] = records
         return records
 
     busy: list[str] = []
