@@ -7,10 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from visattn.config import load_train_config
 from visattn.data.datasets import build_datasets
+from visattn.data.synthetic import ShapesDataset
+from visattn.pipelines.faithfulness import evaluate_cams
 from visattn.pipelines.samples import validation_batch
+from visattn.pipelines.trained import TrainedModel
 
 ROOT = Path(__file__).resolve().parents[2]
 _TINY = ["data.num_train=60", "data.num_val=20"]
@@ -27,7 +31,8 @@ def test_a_held_out_shapes_split_keeps_its_object_masks():
     assert all(np.array_equal(m.numpy(), s.mask.astype(bool)) for m, s in zip(masks, raw, strict=True))
 
 
-def test_side_vectors_are_refused_with_a_reason():
+def test_cams_of_a_model_with_side_vectors_are_refused_with_a_reason():
     cfg = load_train_config(ROOT / "configs" / "shapes_fusion.yaml", _TINY)
+    trained = TrainedModel(nn.Linear(1, 1), cfg, list(ShapesDataset.classes), Path("unused.safetensors"))
     with pytest.raises(ValueError, match="data.side is set: this model reads a side vector with each image"):
-        validation_batch(cfg.data, 4)
+        evaluate_cams(trained, ["gradcam"], num_images=4)

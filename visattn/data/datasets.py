@@ -58,10 +58,10 @@ def raw_images(dataset: Dataset, count: int) -> list[tuple[str, np.ndarray]]:
     count = min(count, len(dataset))  # type: ignore[arg-type]
     if isinstance(dataset, SideDataset):
         return raw_images(dataset.base, count)
-    if isinstance(dataset, IndexedDataset) and isinstance(dataset.base, ShapesDataset):
-        return [(f"val_{i:04d}", dataset.base.sample(j).image) for i, j in enumerate(dataset.indices[:count])]
-    if isinstance(dataset, ShapesDataset):
-        return [(f"val_{i:04d}", dataset.sample(i).image) for i in range(count)]
+    built_in = shapes_indices(dataset)
+    if built_in is not None:
+        shapes, indices = built_in
+        return [(f"val_{i:04d}", shapes.sample(j).image) for i, j in enumerate(indices[:count])]
     if isinstance(dataset, ArrayDataset):
         return [(dataset.name(i), dataset.images[i]) for i in range(count)]
     if isinstance(dataset, ImageFileDataset):
@@ -73,6 +73,19 @@ def raw_images(dataset: Dataset, count: int) -> list[tuple[str, np.ndarray]]:
                 warnings.warn(f"skipped unreadable image {path}: {err}", UserWarning, stacklevel=2)
         return images
     raise TypeError(f"cannot read raw images from {type(dataset).__name__}")
+
+
+def shapes_indices(dataset: Dataset) -> tuple[ShapesDataset, list[int]] | None:
+    """The built-in data behind ``dataset`` and where its samples sit in it, or None for other data.
+
+    A ``data.val_split`` of the built-in data is an :class:`IndexedDataset` over the generated train split; readers
+    of what only the built-in data has (raw renders, object masks) reach it through here.
+    """
+    if isinstance(dataset, IndexedDataset) and isinstance(dataset.base, ShapesDataset):
+        return dataset.base, dataset.indices
+    if isinstance(dataset, ShapesDataset):
+        return dataset, list(range(len(dataset)))
+    return None
 
 
 @dataclass

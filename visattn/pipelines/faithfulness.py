@@ -44,10 +44,16 @@ def evaluate_cams(
 
     Each map explains the image's true class. See :func:`visattn.faithfulness.evaluate_faithfulness`.
 
+    Raises:
+        ValueError: the model reads a side vector with each image (``data.side``): CAMs feed it images alone.
+
     Example:
         >>> trained = load_trained("weights/quickstart_resnet18_cbam_shapes.safetensors")
         >>> print(evaluate_cams(trained, ["gradcam", "layercam"], num_images=100).table())  # doctest: +SKIP
     """
+    if trained.config.data.side is not None:
+        raise ValueError("data.side is set: this model reads a side vector with each image, and CAMs and the "
+                         "faithfulness metrics explain image-only models (they feed the model images alone)")
     images, labels, masks = validation_batch(trained.config.data, num_images)
     device = next(trained.model.parameters()).device
     makers = {name: _maker(name, target_layers) for name in methods}

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..data.datasets import IndexedDataset, build_datasets, raw_images
-from ..data.synthetic import ShapesDataset
+from ..data.datasets import build_datasets, raw_images, shapes_indices
 
 __all__ = ["validation_samples", "validation_batch"]
 
@@ -31,20 +30,16 @@ def validation_batch(data: DataConfig, count: int) -> tuple[torch.Tensor, torch.
     """The first ``count`` validation images (eval transform), their labels, and object masks where the data has them.
 
     Raises:
-        ValueError: ``count`` is not a positive int, or the data carries side vectors (``data.side``).
+        ValueError: ``count`` is not a positive int.
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"num_images must be a positive int, got {count!r}")
-    if data.side is not None:
-        raise ValueError("data.side is set: this model reads a side vector with each image, and CAMs and the "
-                         "faithfulness metrics explain image-only models (they feed the model images alone)")
     val = build_datasets(data).val
     count = min(count, len(val))
-    shapes, indices = val, list(range(count))
-    if isinstance(val, IndexedDataset):  # data.val_split: validation images held out of the generated train split
-        shapes, indices = val.base, val.indices[:count]
-    if isinstance(shapes, ShapesDataset):
-        samples = [shapes.get_with_mask(i) for i in indices]
+    built_in = shapes_indices(val)
+    if built_in is not None:
+        shapes, indices = built_in
+        samples = [shapes.get_with_mask(i) for i in indices[:count]]
         images = torch.stack([s[0] for s in samples])
         masks = torch.stack([torch.as_tensor(s[1]) for s in samples]).bool()
         labels = torch.tensor([s[2] for s in samples])
