@@ -35,6 +35,7 @@ from ..training.lock import RunInUse, RunLock
 from ..training.reporting import read_metrics
 from ..utils import count_flops
 from .config import RunSpec, StudyConfig, config_hash, plan_runs
+from .eta import GridEta, format_duration
 from .report import write_report
 
 __all__ = ["RECORD_NAME", "RECORDS_DIR", "StudyResult", "run_study", "read_record", "finished_record"]
@@ -154,7 +155,7 @@ def _check_unchanged(spec: RunSpec) -> None:
 def _train_all(runs: list[RunSpec], records_dir: Path, stream: TextIO, on_finished: Callable[[], object]
                ) -> list[str]:
     """Train the unfinished runs in order, calling ``on_finished`` after each; returns those another process holds."""
-    eta = _Eta(runs, records_dir)
+    eta = GridEta(runs, {spec.name: r for spec in runs if (r := finished_record(spec, records_dir)) is not None})
     busy = []
     for index, spec in enumerate(runs, start=1):
         if finished_record(spec, records_dir) is not None:
@@ -169,7 +170,7 @@ def _train_all(runs: list[RunSpec], records_dir: Path, stream: TextIO, on_finish
         try:
             trained = finished_record(spec, records_dir) is None  # another process may have finished it meanwhile
             if trained:
-                eta.record(spec, _train_one(spec, f"[{index}/{len(runs)}]", eta, stream))
+                eta.finished(spec, _train_one(spec, f"[{index}/{len(runs)}]", eta, stream))
         finally:
             lock.release()
         if trained:
@@ -177,7 +178,7 @@ def _train_all(runs: list[RunSpec], records_dir: Path, stream: TextIO, on_finish
     return busy
 
 
-def _train_one(spec: RunSpec, label: str, eta: _Eta, stream: TextIO) -> dict[str, Any]:
+def _train_one(spec: RunSpec, label: str, eta: GridEta, stream: TextIO) -> dict[str, Any]:
     cfg = spec.config
     resume = (spec.run_dir / "last.safetensors").is_file()
     done = checkpoint_progress(spec.run_dir / "last.safetensors")["epoch"] if resume else 0
@@ -191,7 +192,7 @@ def _train_one(spec: RunSpec, label: str, eta: _Eta, stream: TextIO) -> dict[str
 
     def on_epoch(record: dict[str, Any]) -> None:
         eta.epoch_done(spec, record)
-        text = f"val {100 * record.get('val_acc', math.nan):.1f}% | study ETA {_duration(eta.remaining())}"
+        text = f"val {100 * record.get('val_acc', math.nan):.1f}% | study ETA {format_duration(eta.remaining())}"
         if interactive:
             bar.update(1)
             bar.set_postfix_str(text)
@@ -246,52 +247,3 @@ def _make_record(spec: RunSpec) -> dict[str, Any]:
         "curve": [{"epoch": r["epoch"], "val_acc": r.get("val_acc"), "train_loss": r["train_loss"],
                    "seconds": r["seconds"]} for r in metrics],
     }
-
-
-class _Eta:
-    """Time left in the grid: seconds per epoch, per variant where known, from finished runs and this process."""
-
-    def __init__(self, runs: list[RunSpec], records_dir: Path) -> None:
-        self.runs = runs
-        self.per_epoch: dict[str, list[float]] = {}
-        self.done_epochs: dict[str, int] = {}
-        self.last_seconds: dict[str, float] = {}
-        for spec in runs:
-            record = finished_record(spec, records_dir)
-            if record is not None:
-                self.record(spec, record)
-            else:
-                metrics = read_metrics(spec.run_dir / "metrics.jsonl")
-                self.done_epochs[spec.name] = len(metrics)
-                self.last_seconds[spec.name] = metrics[-1]["seconds"] if metrics else 0.0
-
-    def record(self, spec: RunSpec, record: dict[str, Any]) -> None:
-        self.per_epoch.setdefault(spec.variant, []).append(record["train_seconds"] / max(record["epochs"], 1))
-        self.done_epochs[spec.name] = record["epochs"]
-
-    def epoch_done(self, spec: RunSpec, metrics: dict[str, Any]) -> None:
-        previous = self.last_seconds.get(spec.name, 0.0)  # a resumed run's clock starts at its earlier epochs' time
-        self.last_seconds[spec.name] = metrics["seconds"]
-        self.per_epoch.setdefault(spec.variant, []).append(metrics["seconds"] - previous)
-        self.done_epochs[spec.name] = metrics["epoch"]
-
-    def _seconds_per_epoch(self, variant: str) -> float:
-        own = self.per_epoch.get(variant)
-        every = [s for values in self.per_epoch.values() for s in values]
-        values = own or every
-        return sum(values) / len(values) if values else math.nan
-
-    def remaining(self) -> float:
-        total = 0.0
-        for spec in self.runs:
-            left = spec.config.loop.epochs - self.done_epochs.get(spec.name, 0)
-            if left > 0:
-                total += left * self._seconds_per_epoch(spec.variant)
-        return total
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
