@@ -7,13 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from visattn.config import load_train_config
+from visattn.data import datasets as datasets_module
 from visattn.data.datasets import build_datasets
 from visattn.data.synthetic import ShapesDataset
 from visattn.pipelines.faithfulness import evaluate_cams
-from visattn.pipelines.samples import validation_batch
+from visattn.pipelines.samples import validation_batch, validation_samples
 from visattn.pipelines.trained import TrainedModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,3 +38,23 @@ def test_cams_of_a_model_with_side_vectors_are_refused_with_a_reason():
     trained = TrainedModel(nn.Linear(1, 1), cfg, list(ShapesDataset.classes), Path("unused.safetensors"))
     with pytest.raises(ValueError, match="data.side is set: this model reads a side vector with each image"):
         evaluate_cams(trained, ["gradcam"], num_images=4)
+
+
+def test_a_few_validation_images_do_not_decode_an_in_memory_folder(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+    cfg = load_train_config(ROOT / "configs" / "quickstart.yaml", [
+        "data.name=imagefolder", f"data.root={tmp_path / 'train'}", f"data.val_root={tmp_path / 'val'}",
+        "data.in_memory=true", "data.image_size=12", "data.augment=none"])
+    decoded = build_datasets(cfg.data).val  # what training validates on: every image decoded up front
+    monkeypatch.setattr(datasets_module, "decode_all", lambda *a, **k: pytest.fail("decoded the whole folder"))
+    names = [name for name, _ in validation_samples(cfg.data, 3)]
+    assert names == [decoded.name(i) for i in range(3)]
+    images, labels, masks = validation_batch(cfg.data, 3)
+    assert masks is None and labels.tolist() == list(decoded.targets[:3])
+    assert all(torch.equal(images[i], decoded[i][0]) for i in range(3))

@@ -4,6 +4,8 @@ goes through here, so all of them see the same images."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -11,6 +13,15 @@ from ..config import DataConfig
 from ..data.datasets import build_datasets, raw_images, shapes_indices
 
 __all__ = ["validation_samples", "validation_batch"]
+
+
+def _from_files(data: DataConfig) -> DataConfig:
+    """``data`` reading image files as it goes: a few images need not decode a whole ``in_memory`` folder.
+
+    The one difference: decoding up front drops unreadable files before ``data.val_split`` is drawn, so in a folder
+    with unreadable files a held-out split drawn here can differ from the one training used.
+    """
+    return replace(data, in_memory=False) if data.in_memory else data
 
 
 def validation_samples(data: DataConfig, count: int) -> list[tuple[str, np.ndarray]]:
@@ -23,7 +34,7 @@ def validation_samples(data: DataConfig, count: int) -> list[tuple[str, np.ndarr
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"count must be an int >= 0, got {count!r}")
-    return raw_images(build_datasets(data).val, count) if count else []
+    return raw_images(build_datasets(_from_files(data)).val, count) if count else []
 
 
 def validation_batch(data: DataConfig, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -34,7 +45,7 @@ def validation_batch(data: DataConfig, count: int) -> tuple[torch.Tensor, torch.
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"num_images must be a positive int, got {count!r}")
-    val = build_datasets(data).val
+    val = build_datasets(_from_files(data)).val
     count = min(count, len(val))
     built_in = shapes_indices(val)
     if built_in is not None:
