@@ -150,27 +150,55 @@ def _pyplot() -> Any:
     return plt
 
 
+_MARKERS = "osD^v<>p"
+
+
 def plot_accuracy_vs_cost(summary: dict[str, Any], path: Path) -> None:
-    """Test top-1 (mean +- std over seeds) against training minutes and against parameters, one point per variant."""
+    """Test top-1 (mean +- std over seeds) against training minutes and against parameters, one point per variant.
+
+    Minutes compare only within one machine: where the runs come from several, the time panel has one point per
+    variant and machine (marker: machine, numbered as in summary.md), at the variant's accuracy over all its seeds.
+    """
     plt = _pyplot()
+    machines = summary.get("machines") or []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for index, (name, v) in enumerate(summary["variants"].items()):
         color = f"C{index}"
         acc, acc_err = 100 * v["test_acc_mean"], 100 * _finite(v["test_acc_std"])
-        axes[0].errorbar(v["train_minutes_mean"], acc, xerr=_finite(v["train_minutes_std"]), yerr=acc_err, fmt="o",
-                         color=color, capsize=3, label=f"{name} (n={v['runs']})")
-        axes[1].errorbar(v["params"] / 1e6, acc, yerr=acc_err, fmt="o", color=color, capsize=3)
-        for ax, x in ((axes[0], v["train_minutes_mean"]), (axes[1], v["params"] / 1e6)):
-            ax.annotate(name, (x, acc), textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
-    axes[0].set(xlabel="training time per run (minutes)", ylabel="test top-1 (%)", title="accuracy vs time")
+        for number, minutes in enumerate(_minutes_by_machine(summary, name, machines)):
+            if not minutes:
+                continue
+            mean, std = mean_std(minutes)
+            axes[0].errorbar(mean, acc, xerr=_finite(std), yerr=acc_err, fmt=_MARKERS[number % len(_MARKERS)],
+                             color=color, capsize=3)
+            axes[0].annotate(name, (mean, acc), textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
+        axes[1].errorbar(v["params"] / 1e6, acc, yerr=acc_err, fmt="o", color=color, capsize=3,
+                         label=f"{name} (n={v['runs']})")
+        axes[1].annotate(name, (v["params"] / 1e6, acc), textcoords="offset points", xytext=(5, 4), fontsize=8,
+                         color=color)
+    xlabel = "training time per run (minutes)"
+    if len(machines) > 1:
+        keys = ", ".join(f"{_MARKERS[i % len(_MARKERS)]}: machine {i + 1}" for i in range(len(machines)))
+        xlabel += f"\nmarker {keys} of summary.md (minutes compare within one)"
+    axes[0].set(xlabel=xlabel, ylabel="test top-1 (%)", title="accuracy vs time")
     axes[1].set(xlabel="parameters (millions)", title="accuracy vs parameters")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="best")
     fig.suptitle(f"{summary['title']}: mean +- std over seeds")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
+
+
+def _minutes_by_machine(summary: dict[str, Any], variant: str, machines: Sequence[Any]) -> list[list[float]]:
+    """The training minutes of ``variant``'s runs, one list per machine of ``machines`` (all in one without any)."""
+    out: list[list[float]] = [[] for _ in range(max(len(machines), 1))]
+    for record in summary["records"]:
+        if record["variant"] == variant:
+            number = machines.index(record.get("machine")) if record.get("machine") in machines else 0
+            out[number].append(record["train_seconds"] / 60)
+    return out
 
 
 def plot_curves(summary: dict[str, Any], path: Path) -> None:
