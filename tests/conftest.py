@@ -46,6 +46,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def image_folder(root, counts, size=(10, 14), suffix="png"):
+    """Write an ImageFolder of random RGB images under ``root``: ``counts`` maps each class folder to its count."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / name / f"{i:02d}.{suffix}")
+
+
 def fake_cifar(root, name="cifar10", n_per_batch=6, protocol=pickle.DEFAULT_PROTOCOL):
     """A CIFAR-10/100 python-version folder of random images under ``root`` (the real layout, tiny)."""
     rng = np.random.default_rng(0)

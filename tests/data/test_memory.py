@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from tests.conftest import image_folder
 from visattn.config import DataConfig, TrainConfig
 from visattn.config.loader import ConfigError, load_config
 from visattn.data.datasets import ArrayDataset, build_datasets, raw_images
@@ -12,17 +12,9 @@ from visattn.data.folder import ImageFileDataset
 from visattn.data.memory import decode_all, holdout_indices
 
 
-def _folder(root, counts, size=(10, 14)):
-    rng = np.random.default_rng(0)
-    for name, n in counts.items():
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / name / f"{i:02d}.png")
-
-
 def test_in_memory_folder_gives_the_same_samples_as_reading_files(tmp_path):
-    _folder(tmp_path / "train", {"a": 5, "b": 4})
-    _folder(tmp_path / "val", {"a": 2, "b": 2})
+    image_folder(tmp_path / "train", {"a": 5, "b": 4})
+    image_folder(tmp_path / "val", {"a": 2, "b": 2})
     common = dict(name="imagefolder", root=str(tmp_path / "train"), val_root=str(tmp_path / "val"), image_size=8,
                   augment="none")
     files, memory = build_datasets(DataConfig(**common)), build_datasets(DataConfig(**common, in_memory=True))
@@ -37,7 +29,7 @@ def test_in_memory_folder_gives_the_same_samples_as_reading_files(tmp_path):
 
 
 def test_decode_all_skips_or_fails_on_unreadable_files(tmp_path):
-    _folder(tmp_path, {"a": 3})
+    image_folder(tmp_path, {"a": 3})
     (tmp_path / "a" / "01.png").write_bytes(b"not a png")
     paths = sorted(str(p) for p in (tmp_path / "a").iterdir())
     with pytest.warns(UserWarning, match=r"left out 1 unreadable image\(s\) .*01.png"):
@@ -62,8 +54,8 @@ def test_holdout_is_stratified_exact_and_seeded():
 
 
 def test_val_split_makes_the_data_sets_own_split_the_test_set(tmp_path):
-    _folder(tmp_path / "train", {"a": 6, "b": 6})
-    _folder(tmp_path / "test", {"a": 3, "b": 3})
+    image_folder(tmp_path / "train", {"a": 6, "b": 6})
+    image_folder(tmp_path / "test", {"a": 3, "b": 3})
     cfg = DataConfig(name="imagefolder", root=str(tmp_path / "train"), val_root=str(tmp_path / "test"), image_size=8,
                      val_split=4, in_memory=True)
     bundle = build_datasets(cfg)

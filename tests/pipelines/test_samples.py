@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
+from tests.conftest import image_folder
 from visattn.config import load_train_config
 from visattn.data import datasets as datasets_module
 from visattn.data.datasets import build_datasets
@@ -41,13 +41,8 @@ def test_cams_of_a_model_with_side_vectors_are_refused_with_a_reason():
 
 
 def test_a_few_validation_images_do_not_decode_an_in_memory_folder(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 3), ("val", 2)):
-        for name in ("a", "b"):
-            (tmp_path / split / name).mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+    image_folder(tmp_path / "train", {"a": 3, "b": 3}, size=(12, 12))
+    image_folder(tmp_path / "val", {"a": 2, "b": 2}, size=(12, 12))
     cfg = load_train_config(ROOT / "configs" / "quickstart.yaml", [
         "data.name=imagefolder", f"data.root={tmp_path / 'train'}", f"data.val_root={tmp_path / 'val'}",
         "data.in_memory=true", "data.image_size=12", "data.augment=none"])
