@@ -1,4 +1,4 @@
-"""The study's ETA: kept records set the pace until this process times its own epochs, then this machine does."""
+"""The study's ETA: times are kept per machine; this machine's set the pace, others' are scaled to it."""
 
 import json
 import math
@@ -18,13 +18,17 @@ def _grid(tmp_path: Path, variants: list[str], seeds: list[int], epochs: int = 4
     return [RunSpec(v, s, cfg, tmp_path / f"{v}-seed{s}") for s in seeds for v in variants]
 
 
-def _record(seconds_per_epoch: float, epochs: int = 4) -> dict:
-    return {"train_seconds": seconds_per_epoch * epochs, "epochs": epochs}
+HERE = {"cpu": "Xeon", "cpu_features": ["amx_bf16"], "torch_threads": 2, "gpu": None, "torch": "2.14.1"}
+EPYC = {"cpu": "EPYC", "cpu_features": ["avx2"], "torch_threads": 2, "gpu": None, "torch": "2.14.1"}
+
+
+def _record(seconds_per_epoch: float, epochs: int = 4, machine: dict | None = None) -> dict:
+    return {"train_seconds": seconds_per_epoch * epochs, "epochs": epochs, "machine": machine or EPYC}
 
 
 def test_kept_records_set_the_pace_before_anything_is_timed(tmp_path):
     runs = _grid(tmp_path, ["baseline", "se", "cam"], [0, 1])
-    eta = GridEta(runs, {"baseline-seed0": _record(100), "se-seed0": _record(120)})
+    eta = GridEta(runs, {"baseline-seed0": _record(100), "se-seed0": _record(120)}, HERE)
     assert eta.seconds_per_epoch("se") == 120
     assert eta.seconds_per_epoch("cam") == 110  # untimed anywhere: the mean of every recorded epoch
     assert eta.remaining() == 4 * (100 + 120 + 110) + 4 * 110  # seed 1's three runs and cam-seed0
@@ -32,7 +36,7 @@ def test_kept_records_set_the_pace_before_anything_is_timed(tmp_path):
 
 def test_this_machine_scales_what_other_machines_recorded(tmp_path):
     runs = _grid(tmp_path, ["baseline", "se", "cam"], [0, 1])
-    eta = GridEta(runs, {"baseline-seed0": _record(100), "se-seed0": _record(120)})  # a machine half as fast
+    eta = GridEta(runs, {"baseline-seed0": _record(100), "se-seed0": _record(120)}, HERE)  # half as fast
     cam0 = runs[2]
     for epoch in (1, 2):  # a variant with no record: only its own time counts for it
         eta.epoch_done(cam0, {"epoch": epoch, "seconds": 40.0 * epoch})
@@ -44,12 +48,29 @@ def test_this_machine_scales_what_other_machines_recorded(tmp_path):
     assert eta.remaining() == pytest.approx(2 * 40 + 3 * 50 + 4 * 60 + 4 * 40)
 
 
+def test_records_from_this_hardware_count_as_its_own_and_others_scale_by_their_machine(tmp_path):
+    # A grid shared by a slow machine (EPYC) and this one: the pace of one must not be applied to the other's records.
+    runs = _grid(tmp_path, ["baseline", "se", "cam", "cbam"], [0, 1])
+    newer_torch = dict(HERE, torch="2.15.0")  # library versions do not make another machine
+    kept = {"baseline-seed0": _record(200), "se-seed0": _record(220), "cam-seed0": _record(110, machine=newer_torch),
+            "cbam-seed0": _record(120, machine=HERE)}
+    eta = GridEta(runs, kept, HERE)
+    assert eta.seconds_per_epoch("cam") == 110 and eta.seconds_per_epoch("cbam") == 120
+    assert eta.seconds_per_epoch("se") == 115  # nothing shared with EPYC yet: this machine's mean epoch
+    se1 = runs[5]
+    eta.epoch_done(se1, {"epoch": 1, "seconds": 110.0})  # se: 220 s on EPYC, 110 s here
+    assert eta.seconds_per_epoch("se") == 110
+    assert eta.seconds_per_epoch("baseline") == pytest.approx(100)  # EPYC's 200 s at this machine's 2x pace
+    assert eta.seconds_per_epoch("cam") == 110  # timed on this hardware: not scaled by the EPYC's pace
+    assert eta.remaining() == pytest.approx(4 * 100 + 3 * 110 + 4 * 110 + 4 * 120)
+
+
 def test_a_resumed_run_counts_its_earlier_epochs_as_done(tmp_path):
     runs = _grid(tmp_path, ["baseline"], [0])
     runs[0].run_dir.mkdir()
     lines = [{"epoch": 1, "seconds": 30.0}, {"epoch": 2, "seconds": 60.0}]
     (runs[0].run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    eta = GridEta(runs, {})
+    eta = GridEta(runs, {}, HERE)
     assert math.isnan(eta.remaining()) and format_duration(eta.remaining()) == "?"
     eta.epoch_done(runs[0], {"epoch": 3, "seconds": 95.0})  # its clock goes on from the checkpoint's 60 s
     assert eta.seconds_per_epoch("baseline") == 35 and eta.remaining() == 35

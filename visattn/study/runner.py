@@ -155,10 +155,11 @@ def _check_unchanged(spec: RunSpec) -> None:
 def _train_all(runs: list[RunSpec], records_dir: Path, stream: TextIO, on_finished: Callable[[], object]
                ) -> list[str]:
     """Train the unfinished runs in order, calling ``on_finished`` after each; returns those another process holds."""
-    eta = GridEta(runs, {spec.name: r for spec in runs if (r := finished_record(spec, records_dir)) is not None})
+    kept = {spec.name: r for spec in runs if (r := finished_record(spec, records_dir)) is not None}
+    eta = GridEta(runs, kept, machine_info())
     busy = []
     for index, spec in enumerate(runs, start=1):
-        if finished_record(spec, records_dir) is not None:
+        if spec.name in kept:
             continue
         lock = RunLock(spec.run_dir)
         try:
