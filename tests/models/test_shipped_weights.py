@@ -70,14 +70,63 @@ def test_accuracy_script_reads_cifar_pickles_and_image_folders_alike(tmp_path):
     name = CIFAR10[0]
     from_pickle = script.main([name, "--data", str(pickles)])[name]
     from_files = script.main([name, "--data", str(folder)])[name]
-    # The reference: visattn's loader and a hand-written normalisation of the same pixels.
+    expected = _reference_accuracy(name, pixels, labels)
+    assert from_pickle == pytest.approx(expected) and from_files == pytest.approx(expected)
+
+
+def _reference_accuracy(name, pixels, labels):
+    """visattn's loader and a hand-written normalisation of the pixels: the script's figure computed another way."""
     trained = load_trained(WEIGHTS_DIR / SHIPPED[name].file)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (trained.config.data.mean, trained.config.data.std))
     with torch.no_grad():
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
         predicted = trained.model.eval()((images - mean) / std).argmax(1)
-    expected = float((predicted.numpy() == np.asarray(labels)).mean())
-    assert from_pickle == pytest.approx(expected) and from_files == pytest.approx(expected)
+    return float((predicted.numpy() == np.asarray(labels)).mean())
+
+
+def _samples_and_copies(tmp_path, script):
+    """The first 20 test images as foolbox ships them (cifar10_<index>_<label>.png), and an ImageFolder copy that
+    numbers each class's files in test order (PNG here, so both score alike)."""
+    fake_cifar(tmp_path, n_per_batch=20)
+    pixels, labels, _ = load_cifar("cifar10", tmp_path, "test")
+    samples, copies = tmp_path / "samples", tmp_path / "copies"
+    samples.mkdir()
+    for name in script.CIFAR10_CLASSES:
+        (copies / name).mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+        Image.fromarray(image).save(samples / f"cifar10_{i:02d}_{label}.png")
+        in_class = sum(1 for other in labels[:i] if other == label)
+        Image.fromarray(image).save(copies / script.CIFAR10_CLASSES[label] / f"{in_class:04d}.png")
+    return pixels, labels, samples, copies
+
+
+def test_accuracy_script_scores_test_set_samples_beside_their_copies(tmp_path, capsys):
+    script = _accuracy_script()
+    pixels, labels, samples, copies = _samples_and_copies(tmp_path, script)
+    name = CIFAR10[0]
+    accuracy = script.main([name, "--data", str(samples), "--same-images-from", str(copies)])[name]
+    assert accuracy == pytest.approx(_reference_accuracy(name, pixels, labels))
+    out = capsys.readouterr().out
+    right = round(20 * accuracy)
+    low, high = script.wilson_interval(right, 20)
+    assert f"top-1 {100 * accuracy:.2f} % (95 % CI {100 * low:.1f}-{100 * high:.1f})" in out
+    assert f"the same 20 images from {copies}: top-1 {100 * accuracy:.2f} %" in out
+    assert "20 of 20 predictions agree" in out
+
+
+def test_accuracy_script_refuses_copies_out_of_test_order_and_samples_with_gaps(tmp_path):
+    script = _accuracy_script()
+    _, labels, samples, copies = _samples_and_copies(tmp_path, script)
+    folder = copies / script.CIFAR10_CLASSES[int(np.bincount(labels).argmax())]  # a class with several images
+    first, second = sorted(folder.iterdir())[:2]
+    first.rename(folder / "swap.png")
+    second.rename(first)
+    (folder / "swap.png").rename(second)
+    with pytest.raises(SystemExit, match="does not number each class's files in test order"):
+        script.main([CIFAR10[0], "--data", str(samples), "--same-images-from", str(copies)])
+    next(samples.glob("cifar10_00_*.png")).unlink()
+    with pytest.raises(SystemExit, match="must be the first test images, indices 0-18"):
+        script.main([CIFAR10[0], "--data", str(samples)])
 
 
 def test_accuracy_script_names_a_wrong_folder(tmp_path):

@@ -1,7 +1,6 @@
-"""visattn study: the grid, its statistics, the report, and what survives kill -9 and a second process."""
+"""visattn study: the grid, the report, and what survives kill -9 and a second process."""
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -20,42 +19,7 @@ from visattn.config.loader import ConfigError
 from visattn.study import load_study_config, plan_runs, run_study
 from visattn.study.config import config_hash
 from visattn.study.runner import read_record
-from visattn.study.stats import mean_std, paired_difference, t_quantile_975
 from visattn.training.checkpoint import checkpoint_progress
-
-# --- statistics ---------------------------------------------------------------------------------------------------
-
-
-def test_t_quantiles_match_the_table_and_approach_the_normal():
-    assert t_quantile_975(1) == 12.706 and t_quantile_975(2) == 4.303 and t_quantile_975(30) == 2.042
-    assert t_quantile_975(31) < 2.042 and abs(t_quantile_975(120) - 1.980) < 2e-3  # tables give 1.980
-    assert abs(t_quantile_975(10_000) - 1.96) < 1e-3
-    with pytest.raises(ValueError, match="df must be >= 1"):
-        t_quantile_975(0)
-
-
-def test_mean_std_is_the_sample_std():
-    mean, std = mean_std([0.90, 0.92, 0.94])
-    assert mean == pytest.approx(0.92) and std == pytest.approx(0.02)
-    assert math.isnan(mean_std([0.5])[1]) and all(math.isnan(v) for v in mean_std([]))
-
-
-def test_paired_difference_by_hand():
-    base = {0: 0.900, 1: 0.910, 2: 0.905, 7: 0.5}  # seed 7 has no partner: left out
-    block = {0: 0.910, 1: 0.918, 2: 0.917}
-    diffs = [0.010, 0.008, 0.012]
-    d = paired_difference(block, base)
-    mean = sum(diffs) / 3
-    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 2)
-    half = 4.303 * sd / math.sqrt(3)
-    assert d.pairs == 3 and d.mean == pytest.approx(mean)
-    assert (d.low, d.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
-    assert not d.includes_zero and d.verdict == "better"
-    noisy = paired_difference({0: 0.91, 1: 0.89}, {0: 0.90, 1: 0.90})
-    assert noisy.includes_zero and "includes 0" in noisy.verdict
-    one = paired_difference({0: 0.91}, {0: 0.90})
-    assert one.pairs == 1 and one.low == -math.inf and one.verdict == "too few seeds"
-
 
 # --- a tiny grid on tiny data -------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["PairedDifference", "mean_std", "paired_difference", "t_quantile_975"]
+__all__ = ["PairedDifference", "mean_std", "paired_difference", "t_quantile_975", "wilson_interval"]
 
 # Two-sided 95 % quantiles t_{0.975, df} for df = 1..30 (any statistics table).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -26,6 +26,20 @@ def t_quantile_975(df: int) -> float:
         return _T975[df - 1]
     z = 1.959964
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson's 95 % score interval for a proportion, e.g. accuracy on ``n`` images (sound at 0 or ``n`` successes).
+
+    Raises:
+        ValueError: ``n < 1`` or ``successes`` outside ``0..n``.
+    """
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got successes={successes}, n={n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
