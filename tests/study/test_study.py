@@ -127,14 +127,14 @@ def test_partial_report_says_how_many_seeds_each_comparison_rests_on():
     machines = [{"cpu": f"CPU {name}", "torch_threads": 2, "python": "3", "torch": "2", "timm": "1", "visattn": "0"}
                 for name in ("A", "B")]
 
-    def record(variant, seed, acc, machine=machines[0]):
+    def record(variant, seed, acc, machine=machines[0], seconds=60.0):
         return {"variant": variant, "seed": seed, "test_acc": acc, "best_val_test_acc": acc, "params": 10,
-                "flops": 10, "train_img_s": 1.0, "train_seconds": 60.0, "epochs": 1, "best_epoch": 1, "amp": "none",
-                "machine": machine}
+                "flops": 10, "train_img_s": 600 / seconds, "train_seconds": seconds, "epochs": 1, "best_epoch": 1,
+                "amp": "none", "machine": machine}
 
-    records = [record("baseline", 0, 0.80), record("baseline", 1, 0.82), record("se", 0, 0.81),
+    records = [record("baseline", 0, 0.80), record("baseline", 1, 0.82, machines[1], 150.0), record("se", 0, 0.81),
                record("se", 1, 0.84), record("cam", 0, 0.83), record("cbam", 2, 0.85, machines[1])]
-    variants = aggregate(records, ["baseline", "se", "cam", "cbam"], "baseline")
+    variants = aggregate(records, ["baseline", "se", "cam", "cbam"], "baseline", machines)
     markdown = markdown_summary({"title": "t", "baseline": "baseline", "finished": 6, "planned": 12,
                                  "machines": machines, "variants": variants, "records": records})
     assert "(1) CPU A, 2 threads" in markdown and "(2) CPU B, 2 threads" in markdown
@@ -144,6 +144,9 @@ def test_partial_report_says_how_many_seeds_each_comparison_rests_on():
     table = markdown.split("## Runs")[0].splitlines()
     rows = {line.split(" | ")[0].strip("| "): line for line in table if line.startswith("| ")}
     assert "| 81.00 +- 1.41 |" in rows["baseline"]  # two seeds: mean +- sample std
+    # Speed and minutes per machine (numbered as in the header), never averaged over machines.
+    assert rows["baseline"].endswith("| 10 (1), 4 (2) | 1.0 (1), 2.5 (2) | - (1), - (2) |")
+    assert rows["se"].endswith("| 10 (1) | 1.0 (1) | - (1) |") and rows["cbam"].endswith("| 10 (2) | 1.0 (2) | - (2) |")
     assert "+1.50 [" in rows["se"] and "inf" not in markdown and "nan" not in markdown
     assert "| 83.00 | +3.00 (one seed: no interval) |" in rows["cam"]  # one run: no spread, no interval
     assert "| 85.00 | - (no baseline run of the same seeds yet) |" in rows["cbam"]

@@ -17,8 +17,13 @@ from .stats import mean_std, paired_difference
 __all__ = ["aggregate", "write_report", "markdown_summary"]
 
 
-def aggregate(records: Sequence[dict[str, Any]], variants: Sequence[str], baseline: str) -> dict[str, dict[str, Any]]:
-    """Per variant: runs, test top-1 mean and std, costs, and the paired difference to ``baseline`` over seeds."""
+def aggregate(records: Sequence[dict[str, Any]], variants: Sequence[str], baseline: str,
+              machines: Sequence[Any] = ()) -> dict[str, dict[str, Any]]:
+    """Per variant: runs, test top-1 mean and std, costs per machine, and the paired difference to ``baseline``.
+
+    ``machines`` numbers the records' ``machine`` entries (from 1, as summary.md does); without it all runs count as
+    one machine's.
+    """
     base = {r["seed"]: r["test_acc"] for r in records if r["variant"] == baseline}
     out: dict[str, dict[str, Any]] = {}
     for name in variants:
@@ -26,7 +31,6 @@ def aggregate(records: Sequence[dict[str, Any]], variants: Sequence[str], baseli
         if not rows:
             continue
         acc_mean, acc_std = mean_std([r["test_acc"] for r in rows])
-        minutes_mean, minutes_std = mean_std([r["train_seconds"] / 60 for r in rows])
         entry: dict[str, Any] = {
             "runs": len(rows),
             "seeds": sorted(r["seed"] for r in rows),
@@ -36,11 +40,7 @@ def aggregate(records: Sequence[dict[str, Any]], variants: Sequence[str], baseli
                                                 if r.get("best_val_test_acc") is not None])[0],
             "params": rows[0]["params"],
             "flops": rows[0]["flops"],
-            "train_img_s_mean": mean_std([r["train_img_s"] for r in rows if r.get("train_img_s")])[0],
-            "train_minutes_mean": minutes_mean,
-            "train_minutes_std": minutes_std,
-            # CPU time of the runs that logged it for every epoch (robust to other work sharing the machine).
-            "cpu_minutes_mean": mean_std([r["cpu_seconds"] / 60 for r in rows if r.get("cpu_seconds")])[0],
+            "cost_by_machine": _costs(rows, machines),
         }
         if name != baseline:
             diff = paired_difference({r["seed"]: r["test_acc"] for r in rows}, base)
@@ -51,12 +51,35 @@ def aggregate(records: Sequence[dict[str, Any]], variants: Sequence[str], baseli
     return out
 
 
+def _costs(rows: Sequence[dict[str, Any]], machines: Sequence[Any]) -> list[dict[str, Any]]:
+    """Speed and time of ``rows`` on each machine they ran on: machines differ by 2x and more, so no mean over them."""
+    out = []
+    for number, machine in enumerate(machines or [None], start=1):
+        mine = [r for r in rows if not machines or r.get("machine") == machine]
+        if not mine:
+            continue
+        minutes_mean, minutes_std = mean_std([r["train_seconds"] / 60 for r in mine])
+        out.append({
+            "machine": number,
+            "runs": len(mine),
+            "train_img_s_mean": mean_std([r["train_img_s"] for r in mine if r.get("train_img_s")])[0],
+            "train_minutes_mean": minutes_mean,
+            "train_minutes_std": minutes_std,
+            # CPU time of the runs that logged it for every epoch (robust to other work sharing the machine).
+            "cpu_minutes_mean": mean_std([r["cpu_seconds"] / 60 for r in mine if r.get("cpu_seconds")])[0],
+        })
+    return out
+
+
+def _per_machine(costs: Sequence[dict[str, Any]], key: str, digits: int, several: bool) -> str:
+    """One cost per machine, e.g. ``"47.0 (1), 24.9 (2)"``; without the machine's number where the grid has one."""
+    cells = [("-" if not math.isfinite(c[key]) else f"{c[key]:.{digits}f}") + (f" ({c['machine']})" if several else "")
+             for c in costs]
+    return ", ".join(cells) or "-"
+
+
 def _pct(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.1f}"
 
 
 def _signed_pct(value: float) -> str:
@@ -70,7 +93,7 @@ def markdown_summary(summary: dict[str, Any]) -> str:
     if len(machines) == 1:
         where = f"Machine: {describe_machine(machines[0])}."
     else:  # a grid shared among machines: times compare only within one
-        where = ("Machines (the runs table gives each run's; minutes compare only on one machine): " +
+        where = ("Machines (speed and minutes are given per machine, in brackets, and compare only within one): " +
                  "; ".join(f"({i}) {describe_machine(m)}" for i, m in enumerate(machines, start=1)) + ".")
     lines = [f"# {summary['title']}", "",
              f"{summary['finished']} of {summary['planned']} runs finished. Test top-1 is the last epoch's weights "
@@ -93,9 +116,13 @@ def markdown_summary(summary: dict[str, Any]) -> str:
             else:
                 versus = f"- (no {baseline} run of the same seeds yet)"
         spread = f" +- {_pct(v['test_acc_std'])}" if v["runs"] > 1 else ""
+
+        def costs(key: str, digits: int, v: dict[str, Any] = v) -> str:
+            return _per_machine(v["cost_by_machine"], key, digits, several=len(machines) > 1)
+
         lines.append(f"| {name} | {v['runs']} | {_pct(v['test_acc_mean'])}{spread} | {versus} "
-                     f"| {v['params'] / 1e6:.2f}M | {v['flops'] / 1e6:.0f} | {v['train_img_s_mean']:.0f} "
-                     f"| {v['train_minutes_mean']:.1f} | {_number(v.get('cpu_minutes_mean'))} |")
+                     f"| {v['params'] / 1e6:.2f}M | {v['flops'] / 1e6:.0f} | {costs('train_img_s_mean', 0)} "
+                     f"| {costs('train_minutes_mean', 1)} | {costs('cpu_minutes_mean', 1)} |")
     lines += ["", "Differences are in percentage points, paired by seed (the runs of a seed share data order and "
               "augmentations); the interval is mean +- t(0.975, n-1) x std / sqrt(n) over the pairs. An interval that "
               "includes 0 means these seeds cannot tell the block from the baseline. Minutes are wall time of the "
@@ -114,14 +141,15 @@ def markdown_summary(summary: dict[str, Any]) -> str:
 def write_report(records: Sequence[dict[str, Any]], study: Any, *, planned: int, results_dir: Path) -> dict[str, Any]:
     """Write summary.json, summary.md, accuracy_vs_cost.png and curves.png into ``results_dir``; returns the summary."""
     order = [v for v in study.variants if any(r["variant"] == v for r in records)]
+    machines = _distinct([r.get("machine") for r in records])
     summary = {
         "title": study.title,
         "train_config": Path(study.train).as_posix(),
         "baseline": study.baseline,
         "planned": planned,
         "finished": len(records),
-        "machines": _distinct([r.get("machine") for r in records]),
-        "variants": aggregate(records, order, study.baseline),
+        "machines": machines,
+        "variants": aggregate(records, order, study.baseline, machines),
         "records": list(records),
     }
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -165,12 +193,10 @@ def plot_accuracy_vs_cost(summary: dict[str, Any], path: Path) -> None:
     for index, (name, v) in enumerate(summary["variants"].items()):
         color = f"C{index}"
         acc, acc_err = 100 * v["test_acc_mean"], 100 * _finite(v["test_acc_std"])
-        for number, minutes in enumerate(_minutes_by_machine(summary, name, machines)):
-            if not minutes:
-                continue
-            mean, std = mean_std(minutes)
-            axes[0].errorbar(mean, acc, xerr=_finite(std), yerr=acc_err, fmt=_MARKERS[number % len(_MARKERS)],
-                             color=color, capsize=3)
+        for cost in v["cost_by_machine"]:
+            mean, std = cost["train_minutes_mean"], cost["train_minutes_std"]
+            axes[0].errorbar(mean, acc, xerr=_finite(std), yerr=acc_err, fmt=_MARKERS[(cost["machine"] - 1) % len(
+                _MARKERS)], color=color, capsize=3)
             axes[0].annotate(name, (mean, acc), textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
         axes[1].errorbar(v["params"] / 1e6, acc, yerr=acc_err, fmt="o", color=color, capsize=3,
                          label=f"{name} (n={v['runs']})")
@@ -189,16 +215,6 @@ def plot_accuracy_vs_cost(summary: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-
-
-def _minutes_by_machine(summary: dict[str, Any], variant: str, machines: Sequence[Any]) -> list[list[float]]:
-    """The training minutes of ``variant``'s runs, one list per machine of ``machines`` (all in one without any)."""
-    out: list[list[float]] = [[] for _ in range(max(len(machines), 1))]
-    for record in summary["records"]:
-        if record["variant"] == variant:
-            number = machines.index(record.get("machine")) if record.get("machine") in machines else 0
-            out[number].append(record["train_seconds"] / 60)
-    return out
 
 
 def plot_curves(summary: dict[str, Any], path: Path) -> None:
