@@ -39,17 +39,16 @@ def test_forward_and_backward(name):
 def test_default_cfg_matches_the_model(name):
     model = timm.create_model(name, pretrained=False).eval()
     cfg = model.default_cfg
-    x = torch.randn(1, *cfg["input_size"])
-    with torch.no_grad():
-        assert model.forward_features(x).shape[-2:] == tuple(cfg["pool_size"])
-        model.reset_classifier(0)
-        assert model(x).shape == (1, model.num_features)
-        model.reset_classifier(0, "")
-        assert model(x).shape[-2:] == tuple(cfg["pool_size"])
     state = model.state_dict()
-    assert f"{cfg['first_conv']}.weight" in state
-    assert timm.create_model(name, pretrained=False).default_cfg["classifier"] + ".weight" in \
-        timm.create_model(name, pretrained=False).state_dict()
+    assert f"{cfg['first_conv']}.weight" in state and f"{cfg['classifier']}.weight" in state
+    x = torch.randn(1, *cfg["input_size"])  # the full input size, once: the heads below reuse its features
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.shape[-2:] == tuple(cfg["pool_size"])
+        model.reset_classifier(0)
+        assert model.forward_head(features).shape == (1, model.num_features)
+        model.reset_classifier(0, "")
+        assert model.forward_head(features).shape[-2:] == tuple(cfg["pool_size"])
 
 
 @pytest.mark.parametrize("name", _params(VARIANTS))
