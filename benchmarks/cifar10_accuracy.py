@@ -48,14 +48,13 @@ SAME_PICTURE = 20.0  # mean |difference| in 0-255 levels; quality-75 JPEG pairs 
 
 def load_samples(data: Path) -> tuple[list[Image.Image], np.ndarray, list[int]] | None:
     """Test-set samples named ``<prefix>_<index>_<label>.png`` in ``data``: images, labels, test indices; else None."""
-    files = sorted(data.glob("*.png"), key=lambda f: int(SAMPLE_NAME.match(f.name).group(1))
-                   if SAMPLE_NAME.match(f.name) else -1) if data.is_dir() else []
-    if not files or not all(SAMPLE_NAME.match(f.name) for f in files):
+    matches = [SAMPLE_NAME.match(f.name) for f in data.glob("*.png")] if data.is_dir() else []
+    if not matches or not all(matches):
         return None
     images, labels, indices = [], [], []
-    for file in files:
-        index, label = SAMPLE_NAME.match(file.name).groups()  # type: ignore[union-attr]
-        with Image.open(file) as im:
+    for match in sorted(matches, key=lambda m: int(m.group(1))):  # type: ignore[union-attr]
+        index, label = match.groups()  # type: ignore[union-attr]
+        with Image.open(data / match.string) as im:  # type: ignore[union-attr]
             images.append(im.convert("RGB"))
         labels.append(int(label))
         indices.append(int(index))
@@ -117,11 +116,6 @@ def predict(model_name: str, images: list[Image.Image], batch_size: int = 500) -
     batches = [model(torch.stack([transform(im) for im in images[start:start + batch_size]])).argmax(1)
                for start in range(0, len(images), batch_size)]
     return torch.cat(batches).numpy()
-
-
-def accuracy(model_name: str, images: list[Image.Image], labels: np.ndarray) -> float:
-    """Top-1 of ``timm.create_model(model_name, pretrained=True)`` on the images, in float32 with timm's transform."""
-    return float((predict(model_name, images) == labels).mean())
 
 
 def top1(predicted: np.ndarray, labels: np.ndarray) -> str:
