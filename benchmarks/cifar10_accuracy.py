@@ -46,8 +46,8 @@ SAMPLE_NAME = re.compile(r".*_(\d+)_(\d)\.png$")  # foolbox's cifar10_<index>_<l
 SAME_PICTURE = 20.0  # mean |difference| in 0-255 levels; quality-75 JPEG pairs differ by 4-8, other pictures by 40+
 
 
-def load_samples(data: Path) -> tuple[list[Image.Image], np.ndarray, list[int]] | None:
-    """Test-set samples named ``<prefix>_<index>_<label>.png`` in ``data``: images, labels, test indices; else None."""
+def load_samples(data: Path) -> tuple[list[Image.Image], np.ndarray, str] | None:
+    """Test-set samples named ``<prefix>_<index>_<label>.png`` in ``data``: images, labels, a description; else None."""
     matches = [SAMPLE_NAME.match(f.name) for f in data.glob("*.png")] if data.is_dir() else []
     if not matches or not all(matches):
         return None
@@ -61,14 +61,16 @@ def load_samples(data: Path) -> tuple[list[Image.Image], np.ndarray, list[int]] 
     if indices != list(range(len(indices))):
         raise SystemExit(f"--data {data}: the samples must be the first test images, indices 0-{len(indices) - 1}; "
                          f"found {indices}")
-    return images, np.asarray(labels), indices
+    return images, np.asarray(labels), f"{data} (the first {len(images)} test images as PNG, lossless)"
 
 
 def same_images(folder: Path, samples: list[Image.Image], labels: np.ndarray) -> list[Image.Image]:
     """The copies in the ImageFolder split ``folder`` of the first test images ``samples`` (labels ``labels``)."""
-    copies, seen = [], {label: 0 for label in range(len(CIFAR10_CLASSES))}
-    for sample, label in zip(samples, labels, strict=True):
-        files = sorted(f for f in (folder / CIFAR10_CLASSES[label]).glob("*") if f.suffix.lower() in SUFFIXES)
+    listed = {label: sorted(f for f in (folder / CIFAR10_CLASSES[label]).glob("*") if f.suffix.lower() in SUFFIXES)
+              for label in set(labels.tolist())}
+    copies, seen = [], dict.fromkeys(listed, 0)
+    for sample, label in zip(samples, labels.tolist(), strict=True):
+        files = listed[label]
         if seen[label] >= len(files):
             raise SystemExit(f"--same-images-from {folder}: {CIFAR10_CLASSES[label]} has only {len(files)} files")
         with Image.open(files[seen[label]]) as im:
@@ -84,11 +86,7 @@ def same_images(folder: Path, samples: list[Image.Image], labels: np.ndarray) ->
 
 
 def load_images(data: Path) -> tuple[list[Image.Image], np.ndarray, str]:
-    """The test images and labels of ``data`` (an ImageFolder split, CIFAR-10's python folder or test-set samples)
-    and a description."""
-    samples = load_samples(data)
-    if samples is not None:
-        return samples[0], samples[1], f"{data} (the first {len(samples[0])} test images as PNG, lossless)"
+    """The test images and labels of ``data`` (an ImageFolder split or CIFAR-10's python folder) and a description."""
     folder = CIFAR_LAYOUTS["cifar10"]["folder"]
     for root in (data.parent, data):  # --data is cifar-10-batches-py itself, or the folder holding it
         if (root / folder / "test_batch").is_file():
@@ -144,10 +142,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     unknown = [m for m in args.models if m not in cifar]
     if unknown:
         parser.error(f"unknown models {unknown}; valid: {', '.join(cifar)}")
-    images, labels, where = load_images(args.data.expanduser())
+    samples = load_samples(args.data.expanduser())
+    images, labels, where = samples or load_images(args.data.expanduser())
     copies = None
     if args.same_images_from is not None:
-        if load_samples(args.data.expanduser()) is None:
+        if samples is None:
             parser.error("--same-images-from needs --data to be a folder of samples named <prefix>_<index>_<label>.png")
         copies = same_images(args.same_images_from.expanduser(), images, labels)
     print(f"{len(images)} test images from {where}; {describe_machine()}")
