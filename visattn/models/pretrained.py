@@ -1,7 +1,8 @@
 """timm models whose pretrained weights ship in this repository's ``weights/`` folder (no download).
 
 ``timm.create_model('resnet18_cbam_quickstart', pretrained=True)`` builds the quickstart architecture and
-``timm.create_model('resnet10w32_cifar10', pretrained=True)`` the CIFAR-10 study's baseline; each loads its file from
+``timm.create_model('resnet10w32_cifar10', pretrained=True)`` the CIFAR-10 study's baseline
+(``resnet10w32_nonlocal_cifar10``: with non-local attention in stages 2-4); each loads its file from
 ``weights/`` through timm's own ``pretrained_cfg['file']`` mechanism. The folder sits next to the package in a source
 checkout (``pip install -e .``); elsewhere, pass the file yourself:
 ``pretrained_cfg_overlay=dict(file='path/to/file.safetensors')``. ``weights/README.md`` has the model cards.
@@ -10,6 +11,7 @@ checkout (``pip install -e .``); elsewhere, pass the file yourself:
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 from timm.models import FeatureListNet, build_model_with_cfg, generate_default_cfgs, load_pretrained, register_model
 from timm.models.resnet import ResNet
 
+from .inject import inject
 from .stem import use_small_input_stem
 from .variants import ARCHITECTURES, create_attention_resnet, resnet_cfg
 
@@ -40,10 +43,12 @@ class ShippedModel:
     Attributes:
         name: the timm model name.
         file: the weights file's name in ``weights/``.
-        block: the attention block in every residual block, or None for the plain ResNet.
+        block: the attention block, or None for the plain ResNet.
         args: constructor arguments (depth, widths, classes).
         stem_stride: stride of the small-input stem the weights were trained with.
         cfg: extra pretrained-config fields (input size, normalisation, notes).
+        stages: the stages (1-4) whose residual blocks hold ``block``, added by ``visattn.inject`` as in training;
+            None: every residual block, built through timm's ``attn_layer``.
     """
 
     name: str
@@ -52,6 +57,7 @@ class ShippedModel:
     args: dict[str, Any]
     stem_stride: int
     cfg: dict[str, Any] = field(default_factory=dict)
+    stages: tuple[int, ...] | None = None
 
 
 _CIFAR10_CFG = dict(num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0, mean=CIFAR10_MEAN,
@@ -65,9 +71,10 @@ SHIPPED: dict[str, ShippedModel] = {m.name: m for m in [
     ShippedModel("resnet10w32_cifar10", "cifar10_resnet10w32_baseline.safetensors", None, CIFAR10_ARGS,
                  stem_stride=1, cfg=dict(_CIFAR10_CFG, tag="visattn_study",
                                          notes=("visattn CIFAR-10 CPU study, baseline",))),
-    ShippedModel("resnet10w32_cam_cifar10", "cifar10_resnet10w32_cam.safetensors", "cam", CIFAR10_ARGS,
-                 stem_stride=1, cfg=dict(_CIFAR10_CFG, tag="visattn_study",
-                                         notes=("visattn CIFAR-10 CPU study, CBAM's channel attention",))),
+    ShippedModel("resnet10w32_nonlocal_cifar10", "cifar10_resnet10w32_nonlocal.safetensors", "nonlocal",
+                 CIFAR10_ARGS, stem_stride=1, stages=(2, 3, 4),
+                 cfg=dict(_CIFAR10_CFG, tag="visattn_study",
+                          notes=("visattn CIFAR-10 CPU study, non-local self-attention in stages 2-4",))),
 ]}
 
 default_cfgs = generate_default_cfgs({
@@ -89,11 +96,16 @@ def _build(spec: ShippedModel, pretrained: bool, kwargs: dict[str, Any]) -> ResN
     features_only = kwargs.pop("features_only", False)
     feature_kwargs = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
     args = {**spec.args, **kwargs}
-    if spec.block is None:
+    if spec.block is None or spec.stages is not None:
         model = build_model_with_cfg(ResNet, spec.name, pretrained=False, **{**ARCHITECTURES["resnet18"], **args})
     else:
         model = create_attention_resnet("resnet18", spec.block, variant=spec.name, **args)
     use_small_input_stem(model, stride=spec.stem_stride)  # before loading: the checkpoint has the small stem's conv
+    if spec.stages is not None:
+        # inject warns that old state_dicts lack the new keys; the file loaded next has them.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"visattn\.inject added", category=UserWarning)
+            inject(model, spec.block, stages=spec.stages)
     if pretrained:
         file = Path(model.pretrained_cfg["file"])
         if not file.is_file():
@@ -113,7 +125,12 @@ def _make_entrypoint(spec: ShippedModel) -> Callable[..., ResNet | FeatureListNe
 
     entrypoint.__name__ = entrypoint.__qualname__ = spec.name
     entrypoint.__module__ = __name__
-    block = f"visattn's {spec.block!r} block in every residual block" if spec.block else "no attention block"
+    if spec.block is None:
+        block = "no attention block"
+    elif spec.stages is None:
+        block = f"visattn's {spec.block!r} block in every residual block"
+    else:
+        block = f"visattn's {spec.block!r} block in the residual blocks of stages {', '.join(map(str, spec.stages))}"
     entrypoint.__doc__ = (f"{spec.name}: a ResNet with one basic block per stage, channels {spec.args['channels']}, "
                           f"{block}, small-input stem of stride {spec.stem_stride}; weights in weights/{spec.file}.")
     return entrypoint
