@@ -10,7 +10,8 @@ transform (``resolve_data_config`` + ``create_transform``) in float32, not throu
 is an ImageFolder test split (``<class>/*.jpg|png``, CIFAR-10's class order) or CIFAR-10's python folder (or the
 folder holding it), whose ``test_batch`` holds the original, never-compressed pixels; visattn's ``load_cifar`` reads
 it without running pickled code. Prints top-1 beside the figure recorded in the file
-(``test_acc`` in its safetensors metadata, measured on the JPEG copy under bf16 autocast at the end of training).
+(``test_acc`` in its safetensors metadata, measured on the JPEG copy at the end of training, in the precision its
+config's ``loop.amp`` names).
 
 ``--data`` may also be a folder of test-set samples named ``<prefix>_<index>_<label>.png``, ``index`` being the image's
 place in CIFAR-10's test order: foolbox's wheel ships the first 20 test images so, losslessly
@@ -129,6 +130,12 @@ def recorded(model_name: str) -> dict[str, str]:
         return f.metadata() or {}
 
 
+def training_precision(meta: dict[str, str]) -> str:
+    """How the file's run computed: ``'float32'``, ``'bf16'``, ... from ``loop.amp`` of the config in its metadata."""
+    amp = json.loads(meta.get("config", "{}")).get("loop", {}).get("amp", "unknown")
+    return {"none": "float32", "auto": "amp auto"}.get(amp, amp)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cifar = [name for name in SHIPPED if name.endswith("_cifar10")]
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results[name] = float((predicted == labels).mean())
         at_training = float(json.loads(meta["test_acc"])) if "test_acc" in meta else float("nan")
         print(f"{name}: top-1 {top1(predicted, labels)} (float32, timm transform); recorded at training "
-              f"{100 * at_training:.2f} % (JPEG copy, bf16)")
+              f"{100 * at_training:.2f} % (JPEG copy, {training_precision(meta)})")
         if copies is not None:
             from_copies = predict(name, copies)
             print(f"  the same {len(copies)} images from {args.same_images_from}: top-1 "

@@ -77,8 +77,8 @@ def test_training_on_the_cifar10_jpeg_copy(tmp_path_factory: pytest.TempPathFact
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in SHIPPED if n.endswith("_cifar10")])
 def test_shipped_cifar10_weights_keep_their_accuracy(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """All 10,000 test images, through timm's loader and transform in float32: the file's recorded top-1 (bf16
-    autocast at the end of training) to within 0.3 points."""
+    """All 10,000 test images, through timm's loader and transform in float32: the file's recorded top-1 (scored at
+    the end of training, on images decoded into memory) to within 0.3 points."""
     root = _extract("cifar10-jpg.tar.gz", tmp_path_factory, under="test/")
     spec = importlib.util.spec_from_file_location("cifar10_accuracy", ROOT / "benchmarks" / "cifar10_accuracy.py")
     script = importlib.util.module_from_spec(spec)

@@ -28,9 +28,13 @@ def _accuracy_script():
     return module
 
 
-def _metadata(name):
+def _metadata_text(name):
     with safe_open(str(WEIGHTS_DIR / SHIPPED[name].file), framework="pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        return f.metadata() or {}
+
+
+def _metadata(name):
+    return {k: json.loads(v) for k, v in _metadata_text(name).items()}
 
 
 def test_cifar10_models_are_registered():
@@ -56,6 +60,15 @@ def test_cifar10_files_record_classes_in_cifar_order_and_their_test_accuracy(nam
     meta = _metadata(name)
     assert tuple(meta["classes"]) == _accuracy_script().CIFAR10_CLASSES
     assert 0.8 < meta["test_acc"] < 1.0 and meta["variant"] and meta["seed"] is not None
+    assert meta["config"]["loop"]["amp"] == "none"  # float32 runs of the study, as the model cards say
+    assert _accuracy_script().training_precision(_metadata_text(name)) == "float32"
+
+
+def test_accuracy_script_names_the_precision_a_file_was_trained_in():
+    precision = _accuracy_script().training_precision
+    assert precision({"config": '{"loop": {"amp": "bf16"}}'}) == "bf16"
+    assert precision({"config": '{"loop": {"amp": "auto"}}'}) == "amp auto"
+    assert precision({}) == "unknown"
 
 
 def test_accuracy_script_reads_cifar_pickles_and_image_folders_alike(tmp_path):
