@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import timm
 import torch
@@ -277,3 +279,18 @@ def test_a_user_block_with_open_kwargs_gets_them_all():
 
     model, _ = visattn.inject(timm.create_model("resnet18", num_classes=10), Open, stages=[4], inits=3)
     assert model.layer4[0].se.options == {"inits": 3}  # close to 'init', but the block asked for any option
+
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_inject_quietly_drops_the_load_warning(quiet):
+    # inject_quietly filters the load warning by its opening words: if the message changes, the quiet case fails.
+    from visattn.models.inject import inject_quietly
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn = inject_quietly if quiet else visattn.inject
+        _, report = fn(timm.create_model("resnet18", num_classes=10), "se", stages=[4], input_size=(3, 32, 32))
+    load_warnings = [w for w in caught if "saved before injection" in str(w.message)]
+    assert len(load_warnings) == (0 if quiet else 1)
+    assert [s.path for s in report.sites] == ["layer4.0.se", "layer4.1.se"]

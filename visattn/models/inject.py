@@ -28,12 +28,14 @@ from .inject_report import InjectionReport, InjectionSite
 from .torchvision_blocks import AttnBasicBlock, AttnBottleneck, can_add_attention_slot, with_attention_slot
 from .weights import mark_injected
 
-__all__ = ["inject", "Injected", "find_residual_blocks", "residual_out_channels", "probe_input_size",
+__all__ = ["inject", "inject_quietly", "Injected", "find_residual_blocks", "residual_out_channels", "probe_input_size",
            "tensor_leaves"]
 
 _TIMM_BLOCKS = (TimmBasicBlock, TimmBottleneck)
 _TV_BLOCKS = (TvBasicBlock, TvBottleneck, AttnBasicBlock, AttnBottleneck)
 _STAGE_RE = re.compile(r"^layer(\d+)$")
+# inject's load warning starts so (InjectionReport.load_warning); inject_quietly filters it by this pattern.
+_LOAD_WARNING = r"visattn\.inject added"
 # Identity must hold to float rounding of two identical forward passes (non-deterministic GPU kernels included).
 _IDENTITY_RTOL = 1e-5
 
@@ -288,3 +290,14 @@ def inject(
     )
     warnings.warn(report.load_warning(), UserWarning, stacklevel=2)
     return Injected(model, report)
+
+
+def inject_quietly(model: nn.Module, block: str | type[nn.Module], **kwargs: Any) -> Injected:
+    """``inject`` without its warning about state_dicts saved before injection.
+
+    For callers that load weights holding the injected keys next (a shipped file, a run's own checkpoint) or that
+    print the whole report themselves: to them the warning would only repeat what they already handle.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LOAD_WARNING, category=UserWarning)
+        return inject(model, block, **kwargs)

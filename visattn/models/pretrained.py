@@ -11,7 +11,6 @@ checkout (``pip install -e .``); elsewhere, pass the file yourself:
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from timm.models import FeatureListNet, build_model_with_cfg, generate_default_cfgs, load_pretrained, register_model
 from timm.models.resnet import ResNet
 
-from .inject import inject
+from .inject import inject_quietly
 from .stem import use_small_input_stem
 from .variants import ARCHITECTURES, create_attention_resnet, resnet_cfg
 
@@ -102,10 +101,7 @@ def _build(spec: ShippedModel, pretrained: bool, kwargs: dict[str, Any]) -> ResN
         model = create_attention_resnet("resnet18", spec.block, variant=spec.name, **args)
     use_small_input_stem(model, stride=spec.stem_stride)  # before loading: the checkpoint has the small stem's conv
     if spec.stages is not None:
-        # inject warns that old state_dicts lack the new keys; the file loaded next has them.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"visattn\.inject added", category=UserWarning)
-            inject(model, spec.block, stages=spec.stages)
+        inject_quietly(model, spec.block, stages=spec.stages)  # the file loaded next holds the injected keys
     if pretrained:
         file = Path(model.pretrained_cfg["file"])
         if not file.is_file():

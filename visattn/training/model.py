@@ -8,8 +8,9 @@ import timm
 from torch import nn
 
 from ..config import ModelConfig
-from ..models import InjectionReport, inject, load_weights, read_state_dict, use_small_input_stem
+from ..models import InjectionReport, load_weights, read_state_dict, use_small_input_stem
 from ..models.fusion import FusionClassifier
+from ..models.inject import inject_quietly
 
 __all__ = ["build_model"]
 
@@ -71,11 +72,8 @@ def _image_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Injecti
 
 def _inject(model: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, InjectionReport]:
     spec = cfg.inject
-    with warnings.catch_warnings():
-        # inject's warning advises on state_dicts saved before injection; a run prints the whole report itself, and
-        # its checkpoints and load_trained rebuild the injected model, so here the warning would only repeat it.
-        warnings.filterwarnings("ignore", message=r"visattn\.inject added", category=UserWarning)
-        return inject(model, spec.block, stages=spec.stages, blocks=spec.blocks, init=spec.init, **spec.kwargs)
+    # A run prints the whole report itself, and its checkpoints and load_trained rebuild the injected model.
+    return inject_quietly(model, spec.block, stages=spec.stages, blocks=spec.blocks, init=spec.init, **spec.kwargs)
 
 
 def _load(model: nn.Module, state: dict, source: str) -> None:
