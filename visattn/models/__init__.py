@@ -1,8 +1,8 @@
-"""Models: timm ``{arch}_{block}`` registrations, the small-input stem, injection into existing ResNets, loading."""
+"""Models: timm ``{arch}_{block}`` registrations, the small-input stem, injection into existing CNNs, loading."""
 
 from . import pretrained as _pretrained  # noqa: F401  (registers the models with shipped weights)
-from .inject import Injected, find_residual_blocks, inject
-from .inject_cross import CrossAttendingStage, inject_cross
+from .inject import Injected, find_sites, inject
+from .inject_cross import inject_cross
 from .inject_report import InjectionReport, InjectionSite
 from .stem import use_small_input_stem
 from .variants import ARCHITECTURES, create_attention_resnet, variant_names
@@ -11,11 +11,10 @@ from .weights import load_weights, read_state_dict
 __all__ = [
     "inject",
     "inject_cross",
-    "CrossAttendingStage",
     "Injected",
     "InjectionReport",
     "InjectionSite",
-    "find_residual_blocks",
+    "find_sites",
     "use_small_input_stem",
     "create_attention_resnet",
     "variant_names",

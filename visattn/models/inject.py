@@ -1,43 +1,37 @@
-"""Put attention blocks into an existing (possibly trained) ResNet without breaking its weights.
+"""Put attention blocks into an existing (possibly trained) CNN of any family without breaking its weights.
 
-The block goes into the residual branch's attention slot that timm already calls (``block.se``, after the last norm,
-before the residual add); torchvision blocks are given that slot (see ``torchvision_blocks``). No original module is
-replaced, so every original state_dict key keeps its name. With ``init='identity'`` each block starts as an exact
-identity, so the injected model computes what the original computed until training moves it.
+Where the blocks go is read from the model's structure (:mod:`visattn.models.structure`): at the end of each residual
+block's branch, before the add (after attention the block already has), or at the output of a stage without residual
+blocks. The block fills an empty attention slot the forward already calls (timm's ``se``), or becomes a new child
+``attn`` that the block's forward calls (:mod:`visattn.models.rewrite`). No original module is replaced (unless
+``replace=True`` swaps existing attention out), so every original state_dict key keeps its name. With
+``init='identity'`` each block starts as an exact identity, so the injected model computes what the original computed
+until training moves it; that is measured on a probe, not assumed.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import re
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
-from timm.models.resnet import BasicBlock as TimmBasicBlock
-from timm.models.resnet import Bottleneck as TimmBottleneck
 from torch import nn
-from torchvision.models.resnet import BasicBlock as TvBasicBlock
-from torchvision.models.resnet import Bottleneck as TvBottleneck
 
 from ..blocks.registry import block_inputs, canonical_name, get_block
 from ..utils import count_flops, count_params, eval_mode, input_channels, model_device_dtype
 from .inject_report import InjectionReport, InjectionSite
-from .torchvision_blocks import AttnBasicBlock, AttnBottleneck, can_add_attention_slot, with_attention_slot
+from .rewrite import call_after_node, call_on_output, output_owner, undo
+from .structure import ModelStructure, Site, find_structure
 from .weights import mark_injected
 
-__all__ = ["inject", "inject_quietly", "Injected", "find_residual_blocks", "residual_out_channels", "probe_input_size",
-           "tensor_leaves"]
+__all__ = ["inject", "Injected", "find_sites", "probe_input_size", "tensor_leaves", "output_change"]
 
-_TIMM_BLOCKS = (TimmBasicBlock, TimmBottleneck)
-_TV_BLOCKS = (TvBasicBlock, TvBottleneck, AttnBasicBlock, AttnBottleneck)
-_STAGE_RE = re.compile(r"^layer(\d+)$")
-# inject's load warning starts so (InjectionReport.load_warning); inject_quietly filters it by this pattern.
-_LOAD_WARNING = r"visattn\.inject added"
 # Identity must hold to float rounding of two identical forward passes (non-deterministic GPU kernels included).
 _IDENTITY_RTOL = 1e-5
+_CHILD_NAME = "attn"
 
 
 class Injected(NamedTuple):
@@ -47,47 +41,37 @@ class Injected(NamedTuple):
     report: InjectionReport
 
 
-def find_residual_blocks(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
-    """Supported residual blocks per stage: ``{1: [('layer1.0', block), ...], ...}``.
+def find_sites(model: nn.Module, input_size: Sequence[int] | None = None) -> ModelStructure:
+    """Where ``inject`` can put blocks in ``model``: sites per stage (stride 4 -> 1, ..., 32 -> 4) and stage outputs.
 
-    Raises:
-        ValueError: if the model has no ``layerN`` stages holding timm or torchvision ResNet blocks.
+    Args:
+        model: any CNN.
+        input_size: ``(C, H, W)`` of the probe; default as :func:`probe_input_size`.
     """
-    stages: dict[int, list[tuple[str, nn.Module]]] = {}
-    for name, child in model.named_children():
-        match = _STAGE_RE.match(name)
-        if not match:
-            continue
-        blocks = [(f"{name}.{i}", b) for i, b in child.named_children() if isinstance(b, _TIMM_BLOCKS + _TV_BLOCKS)]
-        if blocks:
-            stages[int(match.group(1))] = blocks
-    if not stages:
-        children = ", ".join(f"{n} ({type(c).__name__})" for n, c in model.named_children()) or "none"
-        raise ValueError(
-            f"inject supports timm and torchvision ResNet-family models (stages layer1..layer4 of BasicBlock/"
-            f"Bottleneck); {type(model).__name__} has no such blocks. Its top-level children: {children}"
-        )
-    return stages
+    device, dtype = model_device_dtype(model)
+    probe = torch.randn(1, *probe_input_size(model, input_size), generator=torch.Generator().manual_seed(0))
+    with eval_mode(model), torch.no_grad():
+        return find_structure(model, probe.to(device, dtype))
 
 
 def _select(
-        stages: dict[int, list[tuple[str, nn.Module]]],
+        sites: dict[int, list[Site]],
         which_stages: Sequence[int] | None,
         which_blocks: str | Sequence[int],
-) -> list[tuple[str, nn.Module]]:
+) -> list[Site]:
     if which_stages is None:
-        chosen_stages = sorted(stages)
+        chosen_stages = sorted(sites)
     else:
         if isinstance(which_stages, int) or not all(isinstance(s, int) for s in which_stages):
             raise TypeError(f"stages must be a sequence of ints such as [3, 4], got {which_stages!r}")
-        bad = [s for s in which_stages if s not in stages]
+        bad = [s for s in which_stages if s not in sites]
         if bad:
-            raise ValueError(f"stages={list(which_stages)} names stages {bad} that this model lacks; "
-                             f"valid: {sorted(stages)} (layer1..layer{max(stages)})")
+            raise ValueError(f"stages={list(which_stages)} names stages {bad} that this model lacks; valid: "
+                             f"{sorted(sites)} (stage N has output stride 2^(N+1))")
         chosen_stages = sorted(set(which_stages))
     selected = []
     for s in chosen_stages:
-        blocks = stages[s]
+        blocks = sites[s]
         if which_blocks == "all":
             selected += blocks
         elif which_blocks == "last":
@@ -98,15 +82,10 @@ def _select(
         else:
             for i in which_blocks:
                 if not -len(blocks) <= i < len(blocks):
-                    raise ValueError(f"blocks index {i} is out of range for layer{s}, which has {len(blocks)} blocks")
+                    raise ValueError(f"blocks index {i} is out of range for stage {s}, which has {len(blocks)} "
+                                     f"blocks ({', '.join(b.path for b in blocks)})")
             selected += [blocks[i] for i in sorted({i % len(blocks) for i in which_blocks})]
     return selected
-
-
-def residual_out_channels(block: nn.Module) -> int:
-    """Channels a timm or torchvision residual block outputs."""
-    last_conv = block.conv3 if isinstance(block, (TimmBottleneck, TvBottleneck)) else block.conv2
-    return last_conv.out_channels
 
 
 def _build(block_cls: Any, channels: int, identity: bool, dd: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
@@ -126,7 +105,7 @@ def _build(block_cls: Any, channels: int, identity: bool, dd: dict[str, Any], kw
     return block_cls(channels, **kwargs, **dd)
 
 
-_INJECT_ARGS = ("stages", "blocks", "init", "input_size")
+_INJECT_ARGS = ("stages", "blocks", "replace", "init", "input_size")
 
 
 def _accepted_kwargs(block_cls: Any) -> set[str] | None:
@@ -171,44 +150,117 @@ def probe_input_size(model: nn.Module, input_size: Sequence[int] | None = None) 
     return input_size  # type: ignore[return-value]
 
 
+
+def output_change(before: Any, after: Any) -> tuple[float, float]:
+    """Largest |after - before| over the tensors of two model outputs (nested ones leaf by leaf), and the largest
+    |before|, the scale the change is judged against."""
+    a, b = tensor_leaves(after), tensor_leaves(before)
+    diff = max(((x.float() - y.float()).abs().max().item() for x, y in zip(a, b, strict=True) if x.numel()),
+               default=0.0)
+    return diff, max((y.abs().max().item() for y in b if y.numel()), default=0.0)
+
+
+@dataclass
+class _Placed:
+    """One block put into the model, and how to take it out again."""
+
+    site: InjectionSite
+    undo: Callable[[], None]
+
+
+def _free_name(module: nn.Module) -> str:
+    name, i = _CHILD_NAME, 1
+    while hasattr(module, name):
+        i += 1
+        name = f"{_CHILD_NAME}{i}"
+    return name
+
+
+def _place(model: nn.Module, site: Site, attn: nn.Module, replace: bool) -> _Placed:
+    """Put ``attn`` at ``site``: replacing its existing attention, into its empty slot, or as a new child."""
+    module = model.get_submodule(site.path)
+    info = dict(stage=site.stage, channels=site.channels, params=count_params(attn))
+    if replace and site.attention is not None:
+        parent_path, _, name = f"{site.path}.{site.attention}".rpartition(".")
+        parent = model.get_submodule(parent_path)
+        old = parent._modules[name]
+        parent._modules[name] = attn
+        return _Placed(InjectionSite(path=f"{parent_path}.{name}", where=f"replaces {type(old).__name__}", **info),
+                       lambda: parent._modules.__setitem__(name, old))
+    if site.slot is not None and site.attention is None:
+        slot = site.slot
+        registered = slot in module._modules
+
+        def empty_slot() -> None:
+            del module._modules[slot]
+            if registered:
+                module._modules[slot] = None
+            else:
+                vars(module)[slot] = None
+
+        vars(module).pop(slot, None)
+        module.add_module(slot, attn)
+        return _Placed(InjectionSite(path=f"{site.path}.{slot}", where="branch end (empty slot)", **info), empty_slot)
+    if site.kind == "stage_output":
+        path = output_owner(model, site.path)
+        module = model.get_submodule(path)
+        previous, name = type(module), _free_name(module)
+        call_on_output(module, name, attn)
+        return _Placed(InjectionSite(path=f"{path}.{name}", where="stage output", **info),
+                       lambda: undo(module, previous, name))
+    previous, name = type(module), _free_name(module)
+    call_after_node(module, site.after, name, attn)
+    where = f"after {site.attention}" if site.attention else "branch end"
+    return _Placed(InjectionSite(path=f"{site.path}.{name}", where=where, **info),
+                   lambda: undo(module, previous, name))
+
+
 def inject(
         model: nn.Module,
         block: str | type[nn.Module],
         *,
         stages: Sequence[int] | None = None,
         blocks: Literal["all", "last"] | Sequence[int] = "all",
+        replace: bool = False,
         init: Literal["identity", "default"] = "identity",
         input_size: tuple[int, int, int] | None = None,
         **block_kwargs: Any,
 ) -> Injected:
-    """Add an attention block to residual blocks of a timm or torchvision ResNet, in place.
+    """Add an attention block to the residual blocks (or stage outputs) of any CNN, in place.
 
     Args:
-        model: a timm ResNet/ResNeXt-family model or a torchvision ResNet, trained or not.
+        model: a timm or torchvision CNN (ResNet, EfficientNet, ConvNeXt, RegNet, MobileNet, DenseNet, VGG, ...),
+            trained or not; also a ``features_only`` backbone.
         block: a registered block name (``'se'``, ``'cbam'``, ...) or a block class.
-        stages: which stages (``layer1``..``layer4`` -> 1..4) get blocks; default all.
+        stages: which stages get blocks, numbered by output stride (4 -> 1, 8 -> 2, 16 -> 3, 32 -> 4; on a ResNet
+            stage N is ``layerN``); default all.
         blocks: within each chosen stage, ``'all'``, ``'last'`` or a list of block indices (negative allowed).
+        replace: swap the attention a block already has (e.g. an EfficientNet's SE) for the new one; the outputs
+            then change, and the report says by how much. Default: the new block follows the existing one.
         init: ``'identity'`` (outputs unchanged at step 0; checked) or ``'default'`` (the block's own random init).
-        input_size: ``(C, H, W)`` of the probe used for the FLOP count and the identity check; default the model's
-            ``pretrained_cfg['input_size']`` or ``(3, 224, 224)``.
+        input_size: ``(C, H, W)`` of the probe used to find the sites, count FLOPs and check the identity; default the
+            model's ``pretrained_cfg['input_size']`` or ``(3, 224, 224)``.
         **block_kwargs: passed to every block, e.g. ``rd_ratio=1/8``.
 
     Returns:
-        ``Injected(model, report)``: the same model object, and what went where with its overhead.
+        ``Injected(model, report)``: the same model object, and what went where with its overhead and the state_dict
+        keys that a checkpoint of the original model lacks (load one with :func:`visattn.load_weights`).
 
     Raises:
-        ValueError: bad arguments, a model with no supported blocks, or a block whose attention slot is taken.
+        ValueError: bad arguments, or a model with nowhere to put a block (token models such as ViTs).
         TypeError: non-int ``stages``, a misspelt inject argument (``stage=``), or ``init='identity'`` with a block
             class that has no ``identity_init`` argument.
         RuntimeError: ``init='identity'`` but the outputs changed (a block that does not honour ``identity_init``).
 
     Example:
-        >>> model = timm.create_model('resnet50', pretrained=False)
+        >>> model = timm.create_model('efficientnet_b0', pretrained=False)
         >>> model, report = inject(model, 'cbam', stages=[3, 4])
         >>> print(report)
     """
     if init not in ("identity", "default"):
         raise ValueError(f"init must be 'identity' or 'default', got {init!r}")
+    if not isinstance(replace, bool):
+        raise TypeError(f"replace must be True or False, got {replace!r}")
     if isinstance(block, str) and block_inputs(block) == 2:
         raise ValueError(f"block {block!r} takes two inputs, so it has no place in a residual block; "
                          f"visattn.inject_cross adds cross-attention between two stages")
@@ -219,85 +271,57 @@ def inject(
                         f"the instance {type(block_cls).__name__}(...); pass {type(block_cls).__name__} instead")
     if not callable(block_cls):
         raise TypeError(f"block must be a registered name or an nn.Module class, got {block!r}")
-
     accepted = _accepted_kwargs(block_cls)
     for key in block_kwargs:  # `stage=[3]` is a typo of inject's own argument, not a block option
         close = difflib.get_close_matches(key, _INJECT_ARGS, n=1, cutoff=0.8)
         if close and accepted is not None and key not in accepted:
             raise TypeError(f"inject() got an unexpected keyword argument {key!r}; did you mean {close[0]!r}?")
 
-    selected = _select(find_residual_blocks(model), stages, blocks)
-    for path, res_block in selected:
-        current = getattr(res_block, "se", None)
-        if current is not None:
-            raise ValueError(f"{path}.se already holds {type(current).__name__}; inject into a model without attention")
-        if isinstance(res_block, _TV_BLOCKS) and not can_add_attention_slot(res_block):
-            with_attention_slot(res_block)  # raises the ValueError that names the class, before anything changes
-
     device, dtype = model_device_dtype(model)
     input_size = probe_input_size(model, input_size)
     probe = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     keys_before = set(model.state_dict())
     params_before = count_params(model)
-
-    original_classes = [(res_block, type(res_block)) for _, res_block in selected]
+    placed: list[_Placed] = []
     try:
         with eval_mode(model), torch.no_grad():
+            structure = find_structure(model, probe)
+            if not structure.sites:
+                raise ValueError(f"inject found nowhere to put {block_name!r}: {structure.describe_refusal(model)}")
+            selected = _select(structure.sites, stages, blocks)
             flops_before, out_before = count_flops(model, probe)
-            sites = []
-            for path, res_block in selected:
-                channels = residual_out_channels(res_block)
-                attn = _build(block_cls, channels, init == "identity", {"device": device, "dtype": dtype},
+            for site in selected:
+                attn = _build(block_cls, site.channels, init == "identity", {"device": device, "dtype": dtype},
                               block_kwargs)
-                attn.eval()  # the context manager restores the model's flags; new modules start like their parents
+                attn.eval()  # eval_mode restores the model's flags; new modules start like their parents below
                 mark_injected(attn)  # load_weights lets its keys be missing, registered class or not
-                if isinstance(res_block, _TV_BLOCKS):
-                    with_attention_slot(res_block)
-                res_block.se = attn
-                sites.append(InjectionSite(path=f"{path}.se", channels=channels, params=count_params(attn)))
+                placed.append(_place(model, site, attn, replace))
             flops_after, out_after = count_flops(model, probe)
-        # Outputs may be nested (features_only backbones return a list of maps): compare leaf by leaf.
-        before, after = tensor_leaves(out_before), tensor_leaves(out_after)
-        max_diff = max(((a.float() - b.float()).abs().max().item() for a, b in zip(after, before, strict=True)),
-                       default=0.0)
-        scale = max((b.abs().max().item() for b in before), default=0.0)
-        if init == "identity" and max_diff > _IDENTITY_RTOL * max(1.0, scale):
+        max_diff, scale = output_change(out_before, out_after)
+        replaced = any(p.site.where.startswith("replaces") for p in placed)
+        if init == "identity" and not replaced and max_diff > _IDENTITY_RTOL * max(1.0, scale):
             raise RuntimeError(
                 f"init='identity' but the injected {block_name} blocks changed the outputs by up to {max_diff:.3g}; "
                 f"the block class does not honour identity_init"
             )
     except BaseException:
-        for res_block, cls in original_classes:  # any failure leaves the user's model as it was
-            if hasattr(res_block, "se"):
-                res_block.se = None
-            if type(res_block) is not cls:  # a torchvision block given an attention slot: take the slot away again
-                res_block.__class__ = cls
-                del res_block.se
+        for p in reversed(placed):  # any failure leaves the user's model as it was
+            p.undo()
         raise
 
-    for path, _ in selected:  # match the parent's train/eval flag, which eval_mode has just restored
-        model.get_submodule(f"{path}.se").train(model.get_submodule(path).training)
+    for p in placed:  # match the parent's train/eval flag, which eval_mode has just restored
+        parent_path = p.site.path.rpartition(".")[0]
+        model.get_submodule(p.site.path).train(model.get_submodule(parent_path).training)
     report = InjectionReport(
         block=block_name,
         init=init,
-        sites=sites,
+        sites=[p.site for p in placed],
         params_before=params_before,
         flops_before=flops_before,
         flops_after=flops_after,
         input_size=input_size,
         max_abs_diff=max_diff,
         new_keys=sorted(set(model.state_dict()) - keys_before),
+        removed_keys=sorted(keys_before - set(model.state_dict())),
     )
-    warnings.warn(report.load_warning(), UserWarning, stacklevel=2)
     return Injected(model, report)
-
-
-def inject_quietly(model: nn.Module, block: str | type[nn.Module], **kwargs: Any) -> Injected:
-    """``inject`` without its warning about state_dicts saved before injection.
-
-    For callers that load weights holding the injected keys next (a shipped file, a run's own checkpoint) or that
-    print the whole report themselves: to them the warning would only repeat what they already handle.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_LOAD_WARNING, category=UserWarning)
-        return inject(model, block, **kwargs)

@@ -1,12 +1,14 @@
-"""Cross-scale attention in an existing ResNet: one stage's output attends to an earlier stage's output.
+"""Cross-scale attention in an existing CNN: one stage's output attends to an earlier stage's output.
 
-``inject_cross(model, query_stage=4, context_stage=3)`` gives ``layer4`` a :class:`~visattn.CrossAttention2d` child,
-``layer4.cross_attn``, applied to the stage's output with ``layer3``'s output as the context. The stage's class is
-swapped for a subclass of itself whose ``forward`` adds that step (the same technique ``inject`` uses to give
-torchvision blocks an attention slot), so no original module is replaced and every original state_dict key keeps
-its name. The context is the stage's own input when ``context_stage = query_stage - 1``; an earlier stage's output is
-kept by a forward hook for the duration of one forward pass. The block's output branch starts at zero, so the model
-computes exactly what it computed before, which is checked on a probe as ``inject`` checks it.
+``inject_cross(model, query_stage=4, context_stage=3)`` gives the query stage's output module (timm's
+``feature_info`` module for that stride, e.g. ``layer4`` of a ResNet, ``stages.3`` of a ConvNeXt, ``blocks.6`` of an
+EfficientNet) a :class:`~visattn.CrossAttention2d` child ``cross_attn``, applied to its output with the context
+stage's output as keys and values. Both modules have their class swapped for a subclass of their own (as ``inject``
+does, :mod:`visattn.models.rewrite`): the context module hands its output to the query module, which uses it once.
+Nothing is kept between forward passes and no hook is involved, so FX tracing (timm's and torchvision's feature
+extractors), ``torch.export`` and ``torch.compile`` see one ordinary data flow. The block's output branch starts at
+zero, so the model computes exactly what it computed before, which is checked on a probe as ``inject`` checks it.
+Stages are numbered as in ``inject`` (output stride 4 -> 1, ..., 32 -> 4).
 """
 
 from __future__ import annotations
@@ -14,51 +16,48 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from timm.layers import register_notrace_module
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from ..blocks.cross_attention import CrossAttention2d
 from ..utils import count_flops, count_params, eval_mode, model_device_dtype
-from .inject import Injected, find_residual_blocks, probe_input_size, residual_out_channels, tensor_leaves
+from .inject import Injected, output_change, probe_input_size
 from .inject_report import InjectionReport, InjectionSite
+from .rewrite import output_owner
+from .structure import find_structure
 from .weights import mark_injected
 
-__all__ = ["inject_cross", "CrossAttendingStage"]
+__all__ = ["inject_cross"]
 
 _IDENTITY_RTOL = 1e-5
+_CONTEXT = "_visattn_context"
 
 
-@register_notrace_module  # its context comes from a hook or its input: one opaque call for FX tracing
-class CrossAttendingStage(nn.Sequential):
-    """A ResNet stage (``nn.Sequential`` of residual blocks) followed by cross-attention to a context map.
-
-    Instances are made by :func:`inject_cross` from an existing stage by swapping its class; ``cross_attn`` is the
-    block and ``context_stage`` the earlier stage it reads (None: the stage's own input).
-    """
-
-    cross_attn: CrossAttention2d
-    _context: torch.Tensor | None
-    _context_from_input: bool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x
-        for name, module in self._modules.items():
-            if name != "cross_attn":
-                y = module(y)
-        if self._context_from_input:
-            context = x
-        else:
-            context, self._context = self._context, None  # one pass's context, never a stale one
-            if context is None:
-                raise RuntimeError("the context stage did not run before this stage in this forward pass")
+def _query_class(base: type[nn.Module]) -> type[nn.Module]:
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        y = base.forward(self, *args, **kwargs)
+        context = self.__dict__.pop(_CONTEXT, None)  # this pass's context, used once
+        if context is None:
+            raise RuntimeError("the context stage did not run before this stage in this forward pass")
         return self.cross_attn(y, context)
 
+    name = f"{base.__name__}WithCrossAttention"
+    return type(name, (base,), {"forward": forward, "__module__": __name__, "__qualname__": name,
+                                "_visattn_base_class": original_class_of(base)})
 
-def _keep_context(stage: CrossAttendingStage) -> Any:
-    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        stage._context = output
-    return hook
+
+def _context_class(base: type[nn.Module], query: nn.Module) -> type[nn.Module]:
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        out = base.forward(self, *args, **kwargs)
+        query.__dict__[_CONTEXT] = out
+        return out
+
+    name = f"{base.__name__}AsContext"
+    return type(name, (base,), {"forward": forward, "__module__": __name__, "__qualname__": name,
+                                "_visattn_base_class": original_class_of(base)})
+
+
+def original_class_of(cls: type[nn.Module]) -> type[nn.Module]:
+    return getattr(cls, "_visattn_base_class", cls)
 
 
 def inject_cross(
@@ -73,8 +72,9 @@ def inject_cross(
     """Let the output of stage ``query_stage`` attend to the output of the earlier stage ``context_stage``, in place.
 
     Args:
-        model: a timm or torchvision ResNet-family model, trained or not.
-        query_stage: the stage (``layerN`` -> N) whose output becomes the queries and is refined.
+        model: a timm or torchvision CNN, trained or not.
+        query_stage: the stage (numbered as in ``inject``; on a ResNet ``layerN`` -> N) whose output becomes the
+            queries and is refined.
         context_stage: an earlier stage whose output gives the keys and values.
         init: ``'identity'`` (the model's outputs are unchanged at step 0; checked) or ``'default'`` (the same: the
             block's output branch always starts at zero; accepted for symmetry with ``inject``).
@@ -86,7 +86,7 @@ def inject_cross(
         ``Injected(model, report)``: the same model, and where the block went with its overhead.
 
     Raises:
-        ValueError: unknown stages, a context stage that is not earlier, or a stage that already has one.
+        ValueError: unknown stages, a context stage that is not earlier, or a stage that already attends to one.
         RuntimeError: the outputs changed at step 0.
 
     Example:
@@ -95,60 +95,51 @@ def inject_cross(
     """
     if init not in ("identity", "default"):
         raise ValueError(f"init must be 'identity' or 'default', got {init!r}")
-    stages = find_residual_blocks(model)
+    device, dtype = model_device_dtype(model)
+    input_size = probe_input_size(model, input_size)
+    probe = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    with eval_mode(model), torch.no_grad():
+        outputs = find_structure(model, probe).stage_outputs
     for arg, stage in (("query_stage", query_stage), ("context_stage", context_stage)):
-        if isinstance(stage, bool) or not isinstance(stage, int) or stage not in stages:
-            raise ValueError(f"{arg}={stage!r} is not a stage of this model; valid: {sorted(stages)}")
+        if isinstance(stage, bool) or not isinstance(stage, int) or stage not in outputs:
+            raise ValueError(f"{arg}={stage!r} is not a stage of this model; valid: {sorted(outputs)} (stage N has "
+                             f"output stride 2^(N+1))")
     if not context_stage < query_stage:
         raise ValueError(f"context_stage ({context_stage}) must come before query_stage ({query_stage}): the "
                          f"context must exist when the query stage runs")
-    target: nn.Module = getattr(model, f"layer{query_stage}")
-    if isinstance(target, CrossAttendingStage):
-        raise ValueError(f"layer{query_stage} already attends to a context; inject into a model without one")
-    if type(target) is not nn.Sequential:
-        raise ValueError(f"layer{query_stage} is a {type(target).__name__}, not a plain nn.Sequential of blocks")
+    (query_path, channels), (context_path, context_channels) = outputs[query_stage], outputs[context_stage]
+    query_path = output_owner(model, query_path)  # a Sequential would run a child added to it
+    query, context = model.get_submodule(query_path), model.get_submodule(context_path)
+    if hasattr(query, "cross_attn"):
+        raise ValueError(f"{query_path} already attends to a context; inject into a model without one")
 
-    device, dtype = model_device_dtype(model)
-    channels = residual_out_channels(stages[query_stage][-1][1])
-    context_channels = residual_out_channels(stages[context_stage][-1][1])
-    probe = torch.randn(1, *probe_input_size(model, input_size), generator=torch.Generator().manual_seed(0)).to(device,
-                                                                                                          dtype)
     keys_before, params_before = set(model.state_dict()), count_params(model)
     block = CrossAttention2d(channels, context_channels=context_channels, device=device, dtype=dtype, **block_kwargs)
     mark_injected(block)
-    handle: RemovableHandle | None = None
+    query_cls, context_cls = type(query), type(context)
     try:
         with eval_mode(model), torch.no_grad():
             flops_before, out_before = count_flops(model, probe)
-            target.__class__ = CrossAttendingStage
-            target.cross_attn = block
-            target._context = None
-            target._context_from_input = context_stage == query_stage - 1
-            if not target._context_from_input:
-                handle = getattr(model, f"layer{context_stage}").register_forward_hook(_keep_context(target))
+            query.__class__ = _query_class(query_cls)
+            query.add_module("cross_attn", block)
+            context.__class__ = _context_class(context_cls, query)
             block.eval()
             flops_after, out_after = count_flops(model, probe)
-        before, after = tensor_leaves(out_before), tensor_leaves(out_after)
-        max_diff = max(((a.float() - b.float()).abs().max().item() for a, b in zip(after, before, strict=True)),
-                       default=0.0)
-        scale = max((b.abs().max().item() for b in before), default=0.0)
+        max_diff, scale = output_change(out_before, out_after)
         if max_diff > _IDENTITY_RTOL * max(1.0, scale):
             raise RuntimeError(f"the injected cross-attention changed the outputs by up to {max_diff:.3g} at step 0")
     except BaseException:
-        if handle is not None:
-            handle.remove()
-        if isinstance(target, CrossAttendingStage):  # any failure leaves the model as it was
-            del target.cross_attn
-            target.__class__ = nn.Sequential
-            for attr in ("_context", "_context_from_input"):
-                target.__dict__.pop(attr, None)
+        query._modules.pop("cross_attn", None)  # any failure leaves the model as it was
+        query.__dict__.pop(_CONTEXT, None)
+        query.__class__, context.__class__ = query_cls, context_cls
         raise
-    block.train(target.training)
+    block.train(query.training)
     report = InjectionReport(
         block="cross_attention", init=init,
-        sites=[InjectionSite(path=f"layer{query_stage}.cross_attn", channels=channels, params=count_params(block))],
+        sites=[InjectionSite(path=f"{query_path}.cross_attn", channels=channels, params=count_params(block),
+                             stage=query_stage, where=f"stage output, attends to {context_path}")],
         params_before=params_before, flops_before=flops_before, flops_after=flops_after,
-        input_size=tuple(probe.shape[1:]), max_abs_diff=max_diff,
+        input_size=input_size, max_abs_diff=max_diff,
         new_keys=sorted(set(model.state_dict()) - keys_before),
     )
     return Injected(model, report)

@@ -9,11 +9,22 @@ __all__ = ["InjectionSite", "InjectionReport"]
 
 @dataclass(frozen=True)
 class InjectionSite:
-    """One injected block: its module path, width and parameter count."""
+    """One injected block.
+
+    Attributes:
+        path: the block's module path (``layer3.0.se``, ``blocks.5.1.attn``, ``features.20.attn``).
+        stage: the stage it belongs to (output stride 4 -> 1, ..., 32 -> 4).
+        channels: channels of the map it sees.
+        params: its parameter count.
+        where: ``'branch end'``, ``'branch end (empty slot)'``, ``'after <existing attention>'``,
+            ``'replaces <class>'`` or ``'stage output'``.
+    """
 
     path: str
     channels: int
     params: int
+    stage: int = 0
+    where: str = "branch end"
 
 
 def _human(n: float) -> str:
@@ -36,8 +47,9 @@ class InjectionReport:
         flops_after: the same for the injected model.
         input_size: ``(C, H, W)`` of the probe.
         max_abs_diff: largest |output change| on the probe, eval mode (0 for the built-in blocks with
-            ``init='identity'``; inject refuses more than 1e-5 relative).
+            ``init='identity'``; inject refuses more than 1e-5 relative, unless ``replace=True`` swapped attention).
         new_keys: state_dict keys that a checkpoint of the original model does not have.
+        removed_keys: keys of the original model that are gone (the attention ``replace=True`` swapped out).
     """
 
     block: str
@@ -49,6 +61,7 @@ class InjectionReport:
     input_size: tuple[int, ...]
     max_abs_diff: float
     new_keys: list[str] = field(default_factory=list)
+    removed_keys: list[str] = field(default_factory=list)
 
     @property
     def params_added(self) -> int:
@@ -58,20 +71,6 @@ class InjectionReport:
     def flops_added(self) -> int:
         return self.flops_after - self.flops_before
 
-    def load_warning(self) -> str:
-        """The loud part: which keys an original checkpoint will not have."""
-        return (
-            f"visattn.inject added {len(self.sites)} {self.block} blocks (+{_human(self.params_added)} params). "
-            f"A state_dict saved before injection now lacks {len(self.new_keys)} keys (all under {self._where()}): "
-            f"load it with visattn.load_weights(model, ...), which allows exactly these keys to be missing, or with "
-            f"load_state_dict(strict=False) and check the result. Original keys are unchanged."
-        )
-
-    def _where(self) -> str:
-        if all(s.path.endswith(".se") for s in self.sites):
-            return "'*.se.*'"
-        return ", ".join(f"'{s.path}.*'" for s in self.sites)
-
     def __str__(self) -> str:
         size = "x".join(map(str, self.input_size))
         pct_p = 100 * self.params_added / max(1, self.params_before)
@@ -79,14 +78,17 @@ class InjectionReport:
         width = max([len("module")] + [len(s.path) for s in self.sites])
         lines = [
             f"inject {self.block!r} (init={self.init!r}): {len(self.sites)} blocks",
-            f"  {'module':<{width}}  {'channels':>8}  {'params':>9}",
+            f"  {'module':<{width}}  {'stage':>5}  {'channels':>8}  {'params':>9}  where",
         ]
-        lines += [f"  {s.path:<{width}}  {s.channels:>8}  {s.params:>9,}" for s in self.sites]
+        lines += [f"  {s.path:<{width}}  {s.stage:>5}  {s.channels:>8}  {s.params:>9,}  {s.where}" for s in self.sites]
         lines += [
             f"  params: {_human(self.params_before)} -> {_human(self.params_before + self.params_added)}"
             f" (+{pct_p:.2f}%)",
             f"  FLOPs at {size}: {_human(self.flops_before)} -> {_human(self.flops_after)} (+{pct_f:.2f}%)",
             f"  max |output change| at step 0: {self.max_abs_diff:.3g}",
-            f"  new state_dict keys: {len(self.new_keys)} (missing from any checkpoint of the original model)",
+            f"  new state_dict keys: {len(self.new_keys)} (a checkpoint of the original model lacks them: load it "
+            f"with visattn.load_weights)",
         ]
+        if self.removed_keys:
+            lines.append(f"  removed state_dict keys: {len(self.removed_keys)} (the attention that was replaced)")
         return "\n".join(lines)

@@ -19,7 +19,7 @@ from typing import Any
 from timm.models import FeatureListNet, build_model_with_cfg, generate_default_cfgs, load_pretrained, register_model
 from timm.models.resnet import ResNet
 
-from .inject import inject_quietly
+from .inject import inject
 from .stem import use_small_input_stem
 from .variants import ARCHITECTURES, create_attention_resnet, resnet_cfg
 
@@ -101,7 +101,7 @@ def _build(spec: ShippedModel, pretrained: bool, kwargs: dict[str, Any]) -> ResN
         model = create_attention_resnet("resnet18", spec.block, variant=spec.name, **args)
     use_small_input_stem(model, stride=spec.stem_stride)  # before loading: the checkpoint has the small stem's conv
     if spec.stages is not None:
-        inject_quietly(model, spec.block, stages=spec.stages)  # the file loaded next holds the injected keys
+        inject(model, spec.block, stages=spec.stages)  # the file loaded next holds the injected keys
     if pretrained:
         file = Path(model.pretrained_cfg["file"])
         if not file.is_file():

@@ -10,7 +10,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..models import InjectionReport, load_weights, read_state_dict, use_small_input_stem
 from ..models.fusion import FusionClassifier
-from ..models.inject import inject_quietly
+from ..models.inject import inject
 
 __all__ = ["build_model"]
 
@@ -55,11 +55,10 @@ def _image_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Injecti
         use_small_input_stem(model, stride=cfg.small_input_stride)
 
     state = read_state_dict(cfg.pretrained) if cfg.pretrained else None
-    # Weights of a run that injected blocks carry their '.se.' keys: inject first so that they load too.
+    # Weights of a run that injected blocks carry keys the plain model lacks: inject first so that they load too.
     # Otherwise load first, so that inject checks its identity property on the trained model.
     own_keys = set(model.state_dict())
-    inject_first = cfg.inject is not None and state is not None and any(
-        ".se." in k and k not in own_keys for k in state)
+    inject_first = cfg.inject is not None and state is not None and any(k not in own_keys for k in state)
     report = None
     if inject_first:
         model, report = _inject(model, cfg)
@@ -73,7 +72,7 @@ def _image_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Injecti
 def _inject(model: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, InjectionReport]:
     spec = cfg.inject
     # A run prints the whole report itself, and its checkpoints and load_trained rebuild the injected model.
-    return inject_quietly(model, spec.block, stages=spec.stages, blocks=spec.blocks, init=spec.init, **spec.kwargs)
+    return inject(model, spec.block, stages=spec.stages, blocks=spec.blocks, init=spec.init, **spec.kwargs)
 
 
 def _load(model: nn.Module, state: dict, source: str) -> None:
