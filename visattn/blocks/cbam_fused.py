@@ -41,6 +41,8 @@ def fused_cbam_supported(block: CBAM, x: torch.Tensor) -> bool:
     torch.func transforms the composed modules run too.
     """
     norm = block.spatial.norm
+    if isinstance(x, torch.fx.Proxy):  # an FX tracer records the composed modules: the same maths, traceable
+        return False
     return (block.order == "channel_first" and torch.is_grad_enabled() and x.ndim == 4
             and x.numel() >= max(block.fused_min_numel, 1)  # an empty batch gains nothing from fusing
             and not torch.compiler.is_compiling()

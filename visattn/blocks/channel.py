@@ -22,6 +22,22 @@ from .components import Gate, LayerSpec, check_channels, reduced_channels, rejec
 from .pooling import mean_max, scale_channels
 from .registry import register_block
 
+# Layout tests and autograd Functions inside: one opaque call for FX tracers (timm's and torchvision's alike).
+torch.fx.wrap("scale_channels")
+
+
+@torch.fx.wrap
+def channel_mean_max(x: torch.Tensor) -> torch.Tensor:
+    """Average and max over the positions of a (B, C, H, W) map, stacked as ``(B, 2, C)``."""
+    # mean_max needs the pooled positions as one dim of a view: (B, C, HW) for NCHW, (B, HW, C) for NHWC.
+    if x.is_contiguous():
+        average, peak = (t.squeeze(2) for t in mean_max(x.flatten(2), 2))
+    elif x.is_contiguous(memory_format=torch.channels_last):
+        average, peak = (t.squeeze(1) for t in mean_max(x.permute(0, 2, 3, 1).flatten(1, 2), 1))
+    else:
+        average, peak = x.mean((2, 3)), x.amax((2, 3))
+    return torch.stack((average, peak), dim=1)
+
 __all__ = ["ChannelAttention"]
 
 
@@ -73,15 +89,7 @@ class ChannelAttention(nn.Module):
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel gate, shape ``(B, C)``."""
-        # mean_max needs the pooled positions as one dim of a view: (B, C, HW) for NCHW, (B, HW, C) for NHWC.
-        if x.is_contiguous():
-            average, peak = (t.squeeze(2) for t in mean_max(x.flatten(2), 2))
-        elif x.is_contiguous(memory_format=torch.channels_last):
-            average, peak = (t.squeeze(1) for t in mean_max(x.permute(0, 2, 3, 1).flatten(1, 2), 1))
-        else:
-            average, peak = x.mean((2, 3)), x.amax((2, 3))
-        pooled = torch.stack((average, peak), dim=1)  # (B, 2, C)
-        return self.gate(self.fc2(self.act(self.fc1(pooled))).sum(dim=1))
+        return self.gate(self.fc2(self.act(self.fc1(channel_mean_max(x)))).sum(dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return scale_channels(x, self.channel_weights(x))

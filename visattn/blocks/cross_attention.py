@@ -174,11 +174,17 @@ class CrossAttention2d(nn.Module):
         return weights if per_head else weights.mean(1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        self._check(x, context)
-        b, _, h, w = x.shape
-        q_pos, k_pos = self.positions(x, context)
-        y = self.attn(*self.qkv(x, context), q_pos=q_pos, k_pos=k_pos)
-        return x + self.norm(self.proj(y.transpose(-1, -2).reshape(b, self.inner_channels, h, w)))
+        return cross_attention_2d(self, x, context)
 
     def extra_repr(self) -> str:
         return f"context_channels={self.context_channels}, inner_channels={self.inner_channels}"
+
+
+@torch.fx.wrap  # shape checks and kernel choices inside: one opaque call for FX tracers
+def cross_attention_2d(block: CrossAttention2d, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """:meth:`CrossAttention2d.forward`: ``x + W_z y``, with ``y`` each pixel of ``x`` attending over ``context``."""
+    block._check(x, context)
+    b, _, h, w = x.shape
+    q_pos, k_pos = block.positions(x, context)
+    y = block.attn(*block.qkv(x, context), q_pos=q_pos, k_pos=k_pos)
+    return x + block.norm(block.proj(y.transpose(-1, -2).reshape(b, block.inner_channels, h, w)))

@@ -250,15 +250,21 @@ class PixelSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x + W_z y``; with ``mask`` ``(B, H, W)`` (True = real pixel), padded pixels are attended by no pixel and
         pass through unchanged themselves."""
-        mask = self._check_mask(x, mask)
-        b, _, h, w = x.shape
-        q_pos, k_pos = self._positions(x)
-        y = self.attn(*self.qkv(x, mask), q_pos=q_pos, k_pos=k_pos,
-                      key_mask=self.key_mask(mask) if mask is not None else None)
-        branch = self.norm(self.proj(y.transpose(-1, -2).reshape(b, self.inner_channels, h, w)))
-        if mask is not None:
-            branch = branch * mask[:, None].to(branch.dtype)
-        return x + branch
+        return pixel_self_attention(self, x, mask)
 
     def extra_repr(self) -> str:
         return f"inner_channels={self.inner_channels}, kv_stride={self.kv_stride}"
+
+
+@torch.fx.wrap  # shape-dependent kernel choices inside: one opaque call for FX tracers (timm's and torchvision's)
+def pixel_self_attention(block: PixelSelfAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """:meth:`PixelSelfAttention.forward`: ``x + W_z y``, with ``y`` every pixel's attention over all pixels."""
+    mask = block._check_mask(x, mask)
+    b, _, h, w = x.shape
+    q_pos, k_pos = block._positions(x)
+    y = block.attn(*block.qkv(x, mask), q_pos=q_pos, k_pos=k_pos,
+                  key_mask=block.key_mask(mask) if mask is not None else None)
+    branch = block.norm(block.proj(y.transpose(-1, -2).reshape(b, block.inner_channels, h, w)))
+    if mask is not None:
+        branch = branch * mask[:, None].to(branch.dtype)
+    return x + branch

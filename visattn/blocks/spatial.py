@@ -20,6 +20,8 @@ from .components import Gate, LayerSpec, check_channels, check_odd_kernel, rejec
 from .pooling import mean_max
 from .registry import register_block
 
+torch.fx.wrap("mean_max")  # an autograd Function inside: one opaque call for FX tracers
+
 __all__ = ["SpatialAttention"]
 
 
