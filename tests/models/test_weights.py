@@ -7,7 +7,6 @@ import visattn
 from tests.conftest import make_trained_like
 from visattn.models import read_state_dict
 
-pytestmark = pytest.mark.filterwarnings("ignore:visattn.inject added:UserWarning")
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt", "wrapped_pt"])

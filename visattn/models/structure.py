@@ -8,11 +8,13 @@ other (the shortcut). The attention block goes at the end of the branch, before 
 an identity at inference (drop path, dropout) has been stepped back over; where the branch already holds attention
 (a module that multiplies its input by a gate computed from it, such as SE), the new block goes right after it.
 
-Stages are numbered by output stride, as timm's ``feature_info`` reductions are: stage N holds the blocks whose output
-has stride 2^(N+1) (stride 4 -> 1, 8 -> 2, 16 -> 3, 32 -> 4), so on a ResNet stage N is ``layerN`` and ``stages=[3, 4]``
-means the same on every family. Strides 1 and 2 belong to the stem and take no block. A stage without residual blocks
-(VGG, DenseNet's dense blocks, the first blocks of some MobileNets) gets its block at the stage's output: timm's
-``feature_info`` module for that stride where the model has one, else the last module whose output has that stride.
+Stages are numbered by output stride, as timm's ``feature_info`` reductions are, counted from the deepest: the blocks at
+the model's deepest stride (32 for ImageNet CNNs) are stage 4, those at half of it stage 3, then 2 and 1 (strides 4, 8,
+16, 32 -> stages 1-4). So on a ResNet stage N is ``layerN`` and ``stages=[3, 4]`` means the same on every family, and
+on a CIFAR ResNet whose stem keeps stride 1 too. Shallower blocks belong to the stem and take no block. A stage without
+residual blocks (VGG, DenseNet's dense blocks, the first blocks of some MobileNets) gets its block at the stage's
+output: timm's ``feature_info`` module for that stride where the model has one, else the last module whose output has
+that stride.
 Only NCHW maps count: token sequences (ViT) and channels-last stages (Swin) are reported and refused.
 """
 
@@ -217,8 +219,9 @@ class _Analyser:
         other = b if a is x else a if b is x else None
         return other is not None and x in _ancestors(other)
 
-    def residual(self, module: nn.Module, x: torch.Tensor, stage_of: Any) -> tuple[Site | None, str | None]:
-        """The residual site in ``module``'s forward, or None with why (None when it is no residual block)."""
+    def residual(self, module: nn.Module, x: torch.Tensor) -> tuple[Site | None, str | None]:
+        """The residual site in ``module``'s forward (its ``stage`` holding the output stride until numbered), or
+        None with why (None when it is no residual block)."""
         try:
             traced, slots = trace_module(module, fill_slots=True)
             env = _run(traced, x)
@@ -277,7 +280,7 @@ class _Analyser:
             users = [u for u in node.users if u.op == "call_module" and u.target in slots]
             slot = users[0].target if users else None
         channels = int(env[node].shape[1])
-        return Site(path="", stage=stage_of(stride), channels=channels, kind="residual", after=node.name,
+        return Site(path="", stage=stride, channels=channels, kind="residual", after=node.name,
                     attention=attention, slot=slot), None
 
     @staticmethod
@@ -331,9 +334,17 @@ def _feature_info_modules(model: nn.Module) -> dict[int, str]:
         return {}
 
 
-def stage_number(stride: int) -> int:
-    """Stage N holds outputs of stride 2^(N+1)."""
-    return int(round(math.log2(stride))) - 1
+def stage_numbers(strides: set[int]) -> dict[int, int]:
+    """stride -> stage: the deepest stride (at most 32) is stage 4, each halving one stage less, down to stage 1.
+
+    Counting from the deepest stage keeps the numbers of a model whose stem was changed for small inputs (a CIFAR
+    ResNet's layer1 runs at stride 1, its layer4 at stride 8) equal to those of the original.
+    """
+    usable = [s for s in strides if s <= MAX_STRIDE]
+    if not usable:
+        return {}
+    deepest = max(usable)
+    return {deepest >> k: 4 - k for k in range(4) if deepest >> k >= 1}
 
 
 def find_structure(model: nn.Module, probe: torch.Tensor) -> ModelStructure:
@@ -357,7 +368,7 @@ def find_structure(model: nn.Module, probe: torch.Tensor) -> ModelStructure:
             continue
         try:
             with torch.no_grad():
-                site, why_not = analyser.residual(rec.module, rec.inputs[0], stage_number)
+                site, why_not = analyser.residual(rec.module, rec.inputs[0])
         except Exception:  # noqa: BLE001  (a forward FX cannot trace is not a block inject can change)
             continue
         if site is not None:
@@ -368,21 +379,25 @@ def find_structure(model: nn.Module, probe: torch.Tensor) -> ModelStructure:
     residual = {n: s for n, s in residual.items() if not any(o.startswith(n + ".") for o in residual)}
     refused = [r for r in refused if not any(o.startswith(r.split(":")[0] + ".") for o in residual)]
 
-    outputs = _stage_outputs(model, records, image, inside_attention)
+    outputs = _stage_outputs(model, records, image, inside_attention)  # stride -> (module, channels)
+    numbers = stage_numbers({s.stage for s in residual.values()} | set(_feature_info_modules(model))
+                            or set(outputs))
     sites: dict[int, list[Site]] = {}
     for name in sorted(residual, key=lambda n: records[n].order):
         site = residual[name]
-        if 1 <= site.stage <= stage_number(MAX_STRIDE):
-            sites.setdefault(site.stage, []).append(site)
-    for stage, (path, channels) in outputs.items():
+        if site.stage in numbers:
+            sites.setdefault(numbers[site.stage], []).append(Site(**{**site.__dict__, "stage": numbers[site.stage]}))
+    stage_outputs = {numbers[s]: v for s, v in outputs.items() if s in numbers}
+    for stage, (path, channels) in stage_outputs.items():
         if stage not in sites:
             sites[stage] = [Site(path=path, stage=stage, channels=channels, kind="stage_output")]
-    return ModelStructure(sites=dict(sorted(sites.items())), stage_outputs=outputs, refused=refused)
+    return ModelStructure(sites=dict(sorted(sites.items())), stage_outputs=dict(sorted(stage_outputs.items())),
+                          refused=refused)
 
 
 def _stage_outputs(model: nn.Module, records: dict[str, _Record], image: tuple[int, int],
                    inside_attention: set[str]) -> dict[int, tuple[str, int]]:
-    """stage -> (module, channels) of each stage's output: timm's feature_info module, else the last module (the
+    """stride -> (module, channels) of each stage's output: timm's feature_info module, else the last module (the
     outermost of those returning the same map) whose NCHW output has that stride and is not its input unchanged."""
     by_stride: dict[int, tuple[str, int]] = {}
     # A module inside a downsampling block (an inverted residual's expansion conv) is part of that block, not the end
@@ -396,7 +411,7 @@ def _stage_outputs(model: nn.Module, records: dict[str, _Record], image: tuple[i
         if name in inside_attention or rec.calls != 1 or not isinstance(out, torch.Tensor) or out.ndim != 4:
             continue
         stride = nchw_stride(tuple(out.shape), image)
-        if stride is None or not 4 <= stride <= MAX_STRIDE or any(name.startswith(d + ".") for d in downsampling):
+        if stride is None or stride > MAX_STRIDE or any(name.startswith(d + ".") for d in downsampling):
             continue
         first = rec.inputs[0] if rec.inputs else None
         if isinstance(first, torch.Tensor) and first.shape == out.shape and torch.equal(first, out):
@@ -404,7 +419,7 @@ def _stage_outputs(model: nn.Module, records: dict[str, _Record], image: tuple[i
         by_stride[stride] = (name, int(out.shape[1]))
     for stride, name in _feature_info_modules(model).items():
         rec = records.get(name)
-        if 4 <= stride <= MAX_STRIDE and rec is not None and rec.calls == 1 and isinstance(rec.output, torch.Tensor) \
+        if stride <= MAX_STRIDE and rec is not None and rec.calls == 1 and isinstance(rec.output, torch.Tensor) \
                 and nchw_stride(tuple(rec.output.shape), image) == stride:
             by_stride[stride] = (name, int(rec.output.shape[1]))
-    return {stage_number(s): v for s, v in sorted(by_stride.items())}
+    return dict(sorted(by_stride.items()))
