@@ -138,10 +138,10 @@ def test_identity_init_through_kwargs_is_passed_on():
 
 
 def test_unsupported_model_names_what_was_searched():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())  # no padding: its map has no stride of the input
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4), nn.ReLU())  # no feature map at all
     with pytest.raises(ValueError, match=r"nowhere to put 'se'.*no residual blocks and no stage outputs at strides 4 "
-                                         r"to 32.*branch \+ shortcut add.*0 \(Conv2d\), 1 \(ReLU\)"):
-        visattn.inject(model, "se")
+                                         r"to 32.*branch \+ shortcut add.*0 \(Flatten\), 1 \(Linear\)"):
+        visattn.inject(model, "se", input_size=(3, 8, 8))
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])

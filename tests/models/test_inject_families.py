@@ -44,17 +44,17 @@ def _injected_modules(model, report):
     return [model.get_submodule(s.path) for s in report.sites]
 
 
-def _check_identity_and_single_call(name, block):
+def _check_identity_and_single_call(name, block, x=X):
     model = _model(name)
     with torch.no_grad():
-        before = model(X)
-    model, report = visattn.inject(model, block, input_size=SIZE)
+        before = model(x)
+    model, report = visattn.inject(model, block, input_size=tuple(x.shape[1:]))
     assert report.sites, name
     calls = {id(m): 0 for m in _injected_modules(model, report)}
     handles = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls[id(m)] + 1))
                for m in _injected_modules(model, report)]
     with torch.no_grad():
-        after = model(X)
+        after = model(x)
     for h in handles:
         h.remove()
     assert set(calls.values()) == {1}, f"{name}: each injected block must run exactly once per forward: {calls}"
@@ -201,7 +201,11 @@ def test_inject_cross_on_every_family(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MORE)
 def test_many_timm_and_torchvision_cnns_take_a_block(name):
-    model, report = _check_identity_and_single_call(name, "cbam")
+    # Inception's unpadded convs shrink a small input to nothing: its own 299 px.
+    x = torch.randn(2, 3, 299, 299) if "inception" in name else X
+    model, report = _check_identity_and_single_call(name, "cbam", x)
     assert {s.stage for s in report.sites} <= {1, 2, 3, 4}
     model.train()
-    F.cross_entropy(model(X), torch.tensor([0, 1])).backward()
+    out = model(x)
+    out = out if isinstance(out, torch.Tensor) else out[0]  # GoogLeNet adds auxiliary logits in training
+    F.cross_entropy(out, torch.tensor([0, 1])).backward()

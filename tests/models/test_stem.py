@@ -24,9 +24,22 @@ def test_timm_feature_info_updated():
     assert [f["reduction"] for f in model.feature_info] == [1, 1, 2, 4, 8]
 
 
-def test_deep_stem_rejected():
-    with pytest.raises(ValueError, match="single-conv stem"):
-        use_small_input_stem(timm.create_model("resnet18d"))
+@pytest.mark.parametrize("name", ["resnet18d", "mobilenetv3_small_100", "densenet121"])
+def test_other_stems_lose_their_first_two_strides(name):
+    # A deep ResNet-D stem, a MobileNet's stem conv and first depthwise conv, DenseNet's conv and pool: all keep their
+    # weights and reach the last stage at 4x4 for 32x32 inputs, as the CIFAR ResNet does.
+    model = timm.create_model(name, num_classes=10)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    use_small_input_stem(model)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert model.eval().forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (4, 4)
+
+
+@pytest.mark.parametrize(("name", "match"), [("regnetx_002", "sits in a residual block"),
+                                            ("convnext_atto", "would not keep the size")])
+def test_stems_that_cannot_lose_their_stride_are_refused(name, match):
+    with pytest.raises(ValueError, match=match):
+        use_small_input_stem(timm.create_model(name))
 
 
 def test_even_kernel_rejected():

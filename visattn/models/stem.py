@@ -1,8 +1,10 @@
-"""Small-input (CIFAR) stem for ResNets: 3x3 stride-1 conv, no max-pool.
+"""Small-input (CIFAR) stems: a ResNet's 3x3 stride-1 conv with no max-pool, and the same reach for any CNN.
 
-A stock ResNet stem divides the resolution by 4 before layer1, so a 32x32 image reaches layer4 as 1x1 and every
+A stock ImageNet CNN divides the resolution by 32, so a 32x32 image reaches its last stage as 1x1 and every
 class-activation map is a single pixel. The CIFAR variant of He et al. 2016 (arXiv 1512.03385, Sec. 4.2) keeps full
-resolution into layer1, so layer4 is 4x4 for a 32x32 input.
+resolution into layer1, so layer4 is 4x4 for a 32x32 input. Other families get the same total stride of 8 by taking
+the stride out of their first two downsampling layers (an EfficientNet's or MobileNet's stem conv and first
+depthwise conv), which keeps every weight.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ def use_small_input_stem(model: ModelT, *, kernel_size: int = 3, stride: int = 1
     ``feature_info`` reductions and ``pretrained_cfg`` input size are updated to match 32x32 inputs.
 
     Args:
-        model: a ResNet whose ``conv1`` is a single ``nn.Conv2d`` and which has a ``maxpool``.
+        model: a ResNet whose ``conv1`` is a single ``nn.Conv2d`` and which has a ``maxpool``; any other CNN loses the
+            stride of its first two (``stride=1``) or first (``stride=2``) downsampling layers, if they come before
+            its first residual block (:func:`_without_early_strides`).
         kernel_size: odd kernel size of the new first conv.
         stride: its stride: 1 (CIFAR ResNets: layer4 is 4x4 for 32x32 inputs) or 2 (about 5x faster on CPU,
             layer4 2x2; worth it for tiny CPU budgets).
@@ -32,7 +36,8 @@ def use_small_input_stem(model: ModelT, *, kernel_size: int = 3, stride: int = 1
         The same model, modified.
 
     Raises:
-        ValueError: if the model has no plain ``conv1`` conv or no ``maxpool`` (e.g. timm's deep ``resnet50d`` stem).
+        ValueError: a bad ``kernel_size`` or ``stride``, or a model whose early downsampling sits in a residual block
+            (its shortcut would no longer match) or in a layer whose stride cannot simply be set to 1.
 
     Example:
         >>> model = use_small_input_stem(timm.create_model('resnet18', num_classes=10))
@@ -40,16 +45,12 @@ def use_small_input_stem(model: ModelT, *, kernel_size: int = 3, stride: int = 1
         torch.Size([1, 10])
     """
     conv = getattr(model, "conv1", None)
-    if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
-        found = type(conv).__name__ if conv is not None else "no conv1"
-        raise ValueError(
-            f"use_small_input_stem needs a ResNet with a single-conv stem (conv1: nn.Conv2d) and a maxpool; "
-            f"{type(model).__name__} has conv1={found}"
-        )
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+    if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
+        return _without_early_strides(model, 2 if stride == 1 else 1)
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
     new = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
@@ -73,3 +74,58 @@ def use_small_input_stem(model: ModelT, *, kernel_size: int = 3, stride: int = 1
     if isinstance(cfg, dict):
         cfg.update(input_size=(3, 32, 32), pool_size=(4 // stride, 4 // stride), crop_pct=1.0)
     return model
+
+
+def _without_early_strides(model: ModelT, count: int) -> ModelT:
+    """Set the stride of the first ``count`` downsampling convs / poolings (in execution order) to 1, in place.
+
+    Each must be a plain ``nn.Conv2d`` or max/avg pooling with an odd kernel padded to keep the size at stride 1, and
+    come before the first residual block: a block with a shortcut must downsample both paths alike.
+    """
+    import torch
+
+    from .structure import find_structure
+
+    size = 64
+    probe = torch.zeros(1, _in_channels(model), size, size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            residual = [s.path for sites in find_structure(model, probe).sites.values() for s in sites
+                        if s.kind == "residual"]
+        order: list[tuple[str, nn.Module, int, int]] = []
+        hooks = [m.register_forward_hook(lambda m, i, o, n=n: order.append((n, m, i[0].shape[-1], o.shape[-1])))
+                 for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))]
+        with torch.no_grad():
+            model(probe)
+        for h in hooks:
+            h.remove()
+    finally:
+        model.train(was_training)
+    halving = [(n, m) for n, m, before, after in order if after * 2 == before or after * 2 == before + 1]
+    chosen = halving[:count]
+    for name, module in chosen:
+        if any(name.startswith(r + ".") for r in residual):
+            raise ValueError(f"use_small_input_stem: {type(model).__name__}'s downsampling layer {name} sits in a "
+                             f"residual block, whose shortcut would no longer match; pass small_input=false")
+        kernel = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,) * 2
+        padding = module.padding if isinstance(module.padding, tuple) else (module.padding,) * 2
+        if any(k % 2 == 0 or p != k // 2 for k, p in zip(kernel, padding, strict=True)):
+            raise ValueError(f"use_small_input_stem: {type(model).__name__}'s downsampling layer {name} "
+                             f"(kernel {kernel}, padding {padding}) would not keep the size at stride 1")
+    for _, module in chosen:
+        module.stride = (1, 1) if isinstance(module, nn.Conv2d) else 1
+    factor = 2 ** len(chosen)
+    for info in getattr(model, "feature_info", []):
+        if isinstance(info, dict) and "reduction" in info:
+            info["reduction"] = max(1, info["reduction"] // factor)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        cfg.update(input_size=(3, 32, 32), crop_pct=1.0)
+    return model
+
+
+def _in_channels(model: nn.Module) -> int:
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else 3

@@ -147,15 +147,20 @@ def _run(graph_module: fx.GraphModule, x: torch.Tensor) -> dict[fx.Node, Any]:
 
 def nchw_stride(shape: tuple[int, ...], image: tuple[int, int]) -> int | None:
     """The stride of an NCHW map of ``shape`` for an input image of ``image`` = (H, W), or None when its last two dims
-    are not the image's size divided by one power of two (tokens, channels-last maps, pooled vectors)."""
-    if len(shape) != 4:
+    are not the image's size divided by one power of two (tokens, channels-last maps, attention matrices).
+
+    ``ceil(H / stride)`` exactly, or up to 4 pixels less: unpadded convolutions (Inception) shrink maps a little.
+    Nothing looser: a window-attention matrix (49 x 49 on a 224 px input) must not pass for a 56 x 56 map.
+    """
+    if len(shape) != 4 or shape[2] < 1 or shape[3] < 1:
         return None
-    h, w = shape[2], shape[3]
-    if h < 1 or w < 1:
-        return None
-    for k in range(0, 8):
+    for k in range(8):
         s = 1 << k
-        if math.ceil(image[0] / s) == h and math.ceil(image[1] / s) == w:
+        expected = (math.ceil(image[0] / s), math.ceil(image[1] / s))
+        if (shape[2], shape[3]) == expected:
+            return s
+        if k and all(e - 4 <= got < e and got >= 3 for got, e in zip(shape[2:], expected, strict=True)) \
+                and 2 * shape[2] > expected[0] and 2 * shape[3] > expected[1]:
             return s
     return None
 
