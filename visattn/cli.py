@@ -310,6 +310,19 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors("bench inject")
+def _cmd_bench_inject(args: argparse.Namespace) -> int:
+    from .bench.inject import run_overhead, summarise_sweep, sweep
+
+    if args.sweep:
+        rows = sweep(args.out, block=args.block, pattern=args.filter, size=args.size)
+        summarise_sweep(rows)
+        return 0
+    blocks = tuple(b.strip() for b in args.blocks.split(",") if b.strip())
+    run_overhead(blocks, device=args.device, batch_size=args.batch_size, size=args.size, steps=args.steps)
+    return 0
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", default=None,
                         help="run folder (config.yaml + best.safetensors) or a weights file from 'visattn train' "
@@ -439,6 +452,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--reuse-allocations", action="store_true",
                              help="CPU: let glibc malloc keep large blocks for reuse, as jemalloc or tcmalloc would")
     bench_train.set_defaults(func=_cmd_bench_train)
+    bench_inject = bench_sub.add_parser(
+        "inject", help="what a block costs in each CNN family; --sweep: which timm models take one, and why not",
+        description="Without --sweep: one model per CNN family (timm and torchvision) gets each block; prints sites, "
+                    "+params, +FLOPs and the train-step time against the same model without a block. With --sweep: "
+                    "tries inject on every timm model (random weights, no download), one JSON line each in --out "
+                    "(a rerun resumes), then counts the models that take a block and the reasons for the rest.")
+    bench_inject.add_argument("--sweep", action="store_true", help="try every timm model instead")
+    bench_inject.add_argument("--filter", default="*", help="--sweep: model-name pattern (default '*')")
+    bench_inject.add_argument("--block", default="cbam", help="--sweep: the block to inject (default cbam)")
+    bench_inject.add_argument("--out", default="inject_sweep.jsonl", help="--sweep: the JSON-lines record to write")
+    bench_inject.add_argument("--blocks", default="se,cbam,nonlocal", help="comma-separated blocks (default all three)")
+    bench_inject.add_argument("--size", type=int, default=64, help="input size in pixels (default 64)")
+    bench_inject.add_argument("--batch-size", type=int, default=16)
+    bench_inject.add_argument("--steps", type=int, default=3, help="timed train steps per model")
+    bench_inject.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
+    bench_inject.set_defaults(func=_cmd_bench_inject)
     return parser
 
 

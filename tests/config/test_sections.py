@@ -59,7 +59,7 @@ def test_block_variants_differ_only_in_model():
     ("loop.epochs=1:30", "loop.epochs must be int, got str '1:30'"),  # YAML 1.1 would read 90 (base 60)
     ("data.name=cifar", "data.name must be one of"),
     ("loop.epochs=0", "epochs must be >= 1"),
-    ("model.inject={block: se, stage: [3]}", "did you mean 'model.inject.stages'"),
+    ("model.attn={block: se, stage: [3]}", "did you mean 'model.attn.stages'"),
     # Out-of-range values fail before anything is built, naming section and field (they used to fail mid-run).
     ("checkpoint.every=0", r"'checkpoint'.*every must be >= 1, got 0"),
     ("data.batch_size=0", r"'data'.*batch_size must be >= 1, got 0"),
@@ -76,6 +76,23 @@ def test_block_variants_differ_only_in_model():
 def test_rejections_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_train_config(None, [override])
+
+
+def test_model_inject_of_older_configs_reads_as_model_attn():
+    # Configs and weights files written before the rename keep loading; giving both names is refused.
+    cfg = load_train_config(None, ["model.inject={block: se, stages: [3, 4]}"])
+    assert cfg.model.attn.block == "se" and cfg.model.attn.stages == [3, 4] and cfg.model.attn.replace is False
+    with pytest.raises(ConfigError, match="'model.inject' is the old name of 'model.attn'; give only 'model.attn'"):
+        load_train_config(None, ["model.inject={block: se}", "model.attn={block: cbam}"])
+
+
+def test_study_records_keep_their_config_hash_across_the_rename():
+    from visattn.study.config import config_hash
+
+    old = load_train_config(None, ["model.inject={block: nonlocal, stages: [2, 3, 4]}"])
+    new = load_train_config(None, ["model.attn={block: nonlocal, stages: [2, 3, 4]}"])
+    assert config_hash(old) == config_hash(new)
+    assert config_hash(new) != config_hash(load_train_config(None, ["model.attn={block: nonlocal, replace: true}"]))
 
 
 def test_an_empty_mapping_override_clears_a_dict_field():

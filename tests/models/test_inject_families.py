@@ -23,8 +23,9 @@ FAST = ["resnet18", "efficientnet_b0", "convnext_atto", "vgg11", "densenet121", 
 MORE = [
     "resnet26d", "resnet50", "resnext26ts", "wide_resnet50_2", "seresnet18", "res2net50_26w_4s", "res2next50",
     "resnest14d", "skresnet18", "ecaresnet26t", "gcresnet33ts", "regnetx_002", "regnetz_b16", "efficientnet_lite0",
-    "efficientnetv2_rw_t", "mixnet_s", "mnasnet_small", "mobilenetv2_050", "mobilenetv3_large_100", "mobilenetv4_conv_small",
-    "lcnet_050", "fbnetc_100", "spnasnet_100", "tinynet_e", "ghostnet_100", "ghostnetv2_100", "rexnet_100",
+    "efficientnetv2_rw_t", "mixnet_s", "mnasnet_small", "mobilenetv2_050", "mobilenetv3_large_100",
+    "mobilenetv4_conv_small", "lcnet_050", "fbnetc_100", "spnasnet_100", "tinynet_e", "ghostnet_100", "ghostnetv2_100",
+    "rexnet_100",
     "hardcorenas_a", "convnextv2_atto", "dla34", "dpn48b", "cspresnet50", "cspdarknet53", "darknet17", "vovnet39a",
     "ese_vovnet19b_dw", "selecsls42b", "repvgg_a0", "hrnet_w18_small", "nf_resnet26", "tresnet_m", "xception41",
     "inception_v3", "densenet121", "vgg11_bn", "legacy_seresnet18", "gernet_s", "resnet18d", "resnetv2_50",
@@ -143,7 +144,7 @@ def test_stages_mean_the_same_on_every_family():
             for site in sites:
                 module = model.get_submodule(site.path)
                 seen = []
-                h = module.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+                h = module.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.shape[-1]))
                 with torch.no_grad():
                     model(X)
                 h.remove()

@@ -8,7 +8,6 @@ from tests.conftest import make_trained_like
 from visattn.models import read_state_dict
 
 
-
 @pytest.mark.parametrize("fmt", ["safetensors", "pt", "wrapped_pt"])
 def test_original_checkpoint_into_injected_model(tmp_path, fmt):
     original = make_trained_like(timm.create_model("resnet18", num_classes=3)).eval()

@@ -104,13 +104,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_inject_section_and_ema(tmp_path, capsys):
-    cfg = _cfg(tmp_path, "loop.epochs=1", "model.name=resnet18", "model.inject={block: se, stages: [3, 4]}",
+    cfg = _cfg(tmp_path, "loop.epochs=1", "model.name=resnet18", "model.attn={block: se, stages: [3, 4]}",
                "loop.ema_decay=0.9")
     with warnings.catch_warnings(record=True) as caught:  # the run prints inject's report; no warning repeats it
         warnings.simplefilter("always")
         result = train(cfg, config_path="inj.yaml")
     assert not [w for w in caught if "visattn.inject" in str(w.message)]
-    assert re.search(r"new state_dict keys: \d+ \(missing from any checkpoint", capsys.readouterr().out)
+    assert re.search(r"new state_dict keys: \d+ \(a checkpoint of the original model", capsys.readouterr().out)
     record = _metrics(result.run_dir)[0]
     assert "ema_val_acc" in record
 

@@ -108,7 +108,8 @@ def _try_one(name: str, block: str, size: int, max_params: int) -> dict[str, Any
     try:
         model = trained_like(build(name)).eval()
     except Exception as err:  # noqa: BLE001  (a model timm cannot build here is recorded, not fatal)
-        return {**row, "ok": False, "reason": "timm cannot build it here", "error": f"{type(err).__name__}: {err}"[:300]}
+        return {**row, "ok": False, "reason": "timm cannot build it here",
+                "error": f"{type(err).__name__}: {err}"[:300]}
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     sizes = [size] if not cfg.get("fixed_input_size") else []
     sizes.append(int(cfg.get("input_size", (3, 224, 224))[-1]))
@@ -183,13 +184,21 @@ def summarise_sweep(rows: list[dict[str, Any]], printer: Callable[[str], None] =
             "by_module": {m: dict(c) for m, c in by_module.items()}}
 
 
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.train()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def run_overhead(blocks: tuple[str, ...] = ("se", "cbam", "nonlocal"), *, device: str = "cpu", batch_size: int = 16,
                  size: int = 64, steps: int = 3, families: tuple[tuple[str, str], ...] = FAMILIES,
                  printer: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Per family and block: sites, +params, +FLOPs (at ``size`` px) and train-step time / the plain model's."""
     check_device(device)
     printer(f"{describe_machine()}; torch {torch.__version__}; batch {batch_size} x 3x{size}x{size}, {device}")
-    printer("| family | model | block | sites | +params | +FLOPs | train step vs no block |\n|---|---|---|---|---|---|---|")
+    printer("| family | model | block | sites | +params | +FLOPs | train step vs no block |")
+    printer("|---|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 3, size, size, generator=g).to(device)
     y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
@@ -201,13 +210,8 @@ def run_overhead(blocks: tuple[str, ...] = ("se", "cbam", "nonlocal"), *, device
             models[block], reports[block] = inject(build(name).to(device), block, input_size=(3, size, size))
         optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in models.items()}
 
-        def step(key: str) -> None:
-            models[key].train()
-            F.cross_entropy(models[key](x), y).backward()
-            optimizers[key].step()
-            optimizers[key].zero_grad(set_to_none=True)
-
-        seconds = interleaved_medians({k: partial(step, k) for k in models}, device, steps, 1)
+        calls = {k: partial(_train_step, m, optimizers[k], x, y) for k, m in models.items()}
+        seconds = interleaved_medians(calls, device, steps, 1)
         for block in blocks:
             r = reports[block]
             row = {"family": label, "model": name, "block": block, "sites": len(r.sites),

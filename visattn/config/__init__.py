@@ -18,11 +18,11 @@ from .loader import (
     save_config,
 )
 from .sections import (
+    AttnConfig,
     CheckpointConfig,
     DataConfig,
     EvalConfig,
     FusionConfig,
-    InjectConfig,
     LoopConfig,
     ModelConfig,
     OptimConfig,
@@ -46,7 +46,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "FusionConfig",
-    "InjectConfig",
+    "AttnConfig",
     "LoopConfig",
     "ModelConfig",
     "OptimConfig",

@@ -128,7 +128,7 @@ def load_config(schema: type[T], path: str | os.PathLike[str] | None = None, ove
         TypeError: if ``schema`` is not a dataclass or uses an unsupported field type.
 
     Example:
-        >>> cfg = load_config(TrainConfig, 'configs/cifar10.yaml', ['optim.lr=0.05', 'model.inject.stages=[3,4]'])
+        >>> cfg = load_config(TrainConfig, 'configs/cifar10.yaml', ['optim.lr=0.05', 'model.attn.stages=[3,4]'])
     """
     schema_fields(schema)  # schema mistakes surface before any file is read
     data: dict[str, Any] = {} if path is None else _load_file(Path(path), chain=())
@@ -139,7 +139,7 @@ def load_config(schema: type[T], path: str | os.PathLike[str] | None = None, ove
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """Turn ``['optim.lr=0.1', 'model.inject.stages=[3,4]']`` into a nested dict; later items win.
+    """Turn ``['optim.lr=0.1', 'model.attn.stages=[3,4]']`` into a nested dict; later items win.
 
     Values are parsed as YAML: ``0.1`` is a float, ``true`` a bool, ``[3,4]`` a list, ``null`` None, ``abc`` a str
     (quote it, ``"'true'"``, to force a string). An empty value is ``None``, as in YAML.
@@ -148,7 +148,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         overrides: ``'dotted.key=value'`` strings.
 
     Returns:
-        Nested dict, e.g. ``{'optim': {'lr': 0.1}, 'model': {'inject': {'stages': [3, 4]}}}``.
+        Nested dict, e.g. ``{'optim': {'lr': 0.1}, 'model': {'attn': {'stages': [3, 4]}}}``.
 
     Raises:
         ConfigError: an item without ``=``, an empty key segment, or a value that is not valid YAML.
@@ -165,7 +165,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep:
             raise ConfigError(f"override {item!r} has no '='; write it as '{key or 'optim.lr'}=<value>', "
-                              "e.g. 'optim.lr=0.1' or 'model.inject.stages=[3,4]'")
+                              "e.g. 'optim.lr=0.1' or 'model.attn.stages=[3,4]'")
         parts = key.split(".")
         if not all(p and p == p.strip() for p in parts):
             raise ConfigError(f"override {item!r} has a malformed key {key!r}; use dotted field names like 'optim.lr'")
@@ -192,7 +192,7 @@ def format_override(key: str, value: Any) -> str:
         value: bool, int, float, str, None, or lists/tuples/mappings of these.
 
     Returns:
-        e.g. ``'optim.lr=0.1'``, ``"model.name='1e-3'"``, ``'model.inject.stages=[3, 4]'``.
+        e.g. ``'optim.lr=0.1'``, ``"model.name='1e-3'"``, ``'model.attn.stages=[3, 4]'``.
 
     Raises:
         TypeError: if ``value`` cannot be written as YAML.

@@ -106,6 +106,7 @@ def _check_type(tp: Any, where: str) -> None:
 def build_dataclass(cls: type[T], data: Mapping[str, Any], path: str, base: Any) -> T:
     fields = schema_fields(cls)
     names = [f.name for f, _ in fields]
+    data = _renamed(cls, data, path)
     for k in data:
         if k not in names:
             hint = closest_key(str(k), names)
@@ -132,6 +133,21 @@ def build_dataclass(cls: type[T], data: Mapping[str, Any], path: str, base: Any)
     except ValueError as exc:  # __post_init__ checks that span several fields
         section = f"config section {path!r}" if path else "config"
         raise ConfigError(f"invalid {section} ({cls.__name__}): {exc}") from exc
+
+
+def _renamed(cls: type, data: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """``data`` with the keys a section renamed (its ``RENAMED_KEYS``, old -> new) under their new names."""
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    if not any(k in renamed for k in data):
+        return data
+    data = dict(data)
+    for old, new in renamed.items():
+        if old in data:
+            if data.get(new) is not None:
+                raise ConfigError(f"{_join(path, old)!r} is the old name of {_join(path, new)!r}; give only "
+                                  f"{_join(path, new)!r}")
+            data[new] = data.pop(old)
+    return data
 
 
 def field_default(f: dataclasses.Field[Any]) -> Any:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ..cam import DEFAULT_OVERLAY_METHODS, canonical_cam_name
 from .loader import load_config
@@ -20,7 +20,7 @@ __all__ = [
     "DataConfig",
     "SideConfig",
     "FusionConfig",
-    "InjectConfig",
+    "AttnConfig",
     "ModelConfig",
     "OptimConfig",
     "LoopConfig",
@@ -127,14 +127,16 @@ class DataConfig:
 
 
 @dataclass
-class InjectConfig:
-    """Attention injected into a model built without it (``visattn.inject``)."""
+class AttnConfig:
+    """Attention put into the model after its weights load: ``visattn.inject(model, block, stages=..., ...)``, on any
+    timm CNN (stages by output stride: 4 -> 1, ..., 32 -> 4)."""
 
     block: str = "cbam"
-    stages: list[int] | None = None
-    blocks: Literal["all", "last"] | list[int] = "all"
-    init: Literal["identity", "default"] = "identity"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    stages: list[int] | None = None  # default: every stage
+    blocks: Literal["all", "last"] | list[int] = "all"  # within each stage
+    replace: bool = False  # swap attention the model already has (an EfficientNet's SE) instead of following it
+    init: Literal["identity", "default"] = "identity"  # identity: the loaded model computes what it did, at step 0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the block's options, e.g. {rd_ratio: 0.125}
 
 
 @dataclass
@@ -154,12 +156,15 @@ class FusionConfig:
 class ModelConfig:
     """Any timm model name (visattn registers ``resnet18_cbam`` and friends), plus visattn's options."""
 
+    # Read under their new names: configs and weights files written before the rename keep loading.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"inject": "attn"}
+
     name: str = "resnet18"
     pretrained: str | None = None  # local weights file (.safetensors or a torch state_dict), never a download
-    small_input: bool = False  # CIFAR stem: one 3x3 conv (stride small_input_stride), no max-pool
+    small_input: bool = False  # 32 px inputs: a ResNet's 3x3 stem conv, no max-pool; other CNNs lose early strides
     small_input_stride: Literal[1, 2] = 1
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model (layers, channels, ...)
-    inject: InjectConfig | None = None
+    attn: AttnConfig | None = None  # attention injected after the weights load (visattn.inject)
     fusion: FusionConfig | None = None  # a second, non-image input (data.side): see FusionConfig
     drop_path_rate: float = 0.0
 

@@ -265,13 +265,8 @@ class _Analyser:
         if stride is None:
             return None, f"{shape} channels-last maps"
         # Step back over what is an identity at inference (drop path, dropout, empty slots): attention goes before it.
-        passed: list[fx.Node] = []
         node = branch
-        while (len(node.all_input_nodes) == 1 and not self._has_parameters(traced, node)
-               and isinstance(env.get(node), torch.Tensor) and isinstance(env.get(node.all_input_nodes[0]), torch.Tensor)
-               and env[node].shape == env[node.all_input_nodes[0]].shape
-               and torch.equal(env[node], env[node.all_input_nodes[0]])):
-            passed.append(node)
+        while self._unchanged(traced, env, node):
             node = node.all_input_nodes[0]
         attention = None
         own = _ancestors(node) - _ancestors(found[2])
@@ -287,6 +282,14 @@ class _Analyser:
         channels = int(env[node].shape[1])
         return Site(path="", stage=stride, channels=channels, kind="residual", after=node.name,
                     attention=attention, slot=slot), None
+
+    def _unchanged(self, traced: fx.GraphModule, env: dict[fx.Node, Any], node: fx.Node) -> bool:
+        """True for a parameter-free step that returned its one input unchanged on the probe."""
+        if len(node.all_input_nodes) != 1 or self._has_parameters(traced, node):
+            return False
+        out, inp = env.get(node), env.get(node.all_input_nodes[0])
+        return (isinstance(out, torch.Tensor) and isinstance(inp, torch.Tensor) and out.shape == inp.shape
+                and torch.equal(out, inp))
 
     @staticmethod
     def _has_parameters(root: nn.Module, node: fx.Node) -> bool:
@@ -384,7 +387,10 @@ def find_structure(model: nn.Module, probe: torch.Tensor) -> ModelStructure:
     residual = {n: s for n, s in residual.items() if not any(o.startswith(n + ".") for o in residual)}
     refused = [r for r in refused if not any(o.startswith(r.split(":")[0] + ".") for o in residual)]
 
-    outputs = _stage_outputs(model, records, image, inside_attention)  # stride -> (module, channels)
+    # A residual block's insides are not stage outputs (a token block's attention may reshape tokens into a grid).
+    blocks = set(residual) | {r.split(":")[0] for r in refused}
+    inside = inside_attention | {n for n in records if any(n.startswith(b + ".") for b in blocks)}
+    outputs = _stage_outputs(model, records, image, inside)  # stride -> (module, channels)
     numbers = stage_numbers({s.stage for s in residual.values()} | set(_feature_info_modules(model))
                             or set(outputs))
     sites: dict[int, list[Site]] = {}
@@ -394,37 +400,48 @@ def find_structure(model: nn.Module, probe: torch.Tensor) -> ModelStructure:
             sites.setdefault(numbers[site.stage], []).append(Site(**{**site.__dict__, "stage": numbers[site.stage]}))
     stage_outputs = {numbers[s]: v for s, v in outputs.items() if s in numbers}
     for stage, (path, channels) in stage_outputs.items():
-        if stage not in sites:
+        # Stage outputs stand in for residual blocks only in CNNs: a model with token or channels-last blocks gets
+        # attention in its NCHW residual blocks (a hybrid's convolutional stages) or nowhere.
+        if stage not in sites and not refused:
             sites[stage] = [Site(path=path, stage=stage, channels=channels, kind="stage_output")]
     return ModelStructure(sites=dict(sorted(sites.items())), stage_outputs=dict(sorted(stage_outputs.items())),
                           refused=refused)
 
 
 def _stage_outputs(model: nn.Module, records: dict[str, _Record], image: tuple[int, int],
-                   inside_attention: set[str]) -> dict[int, tuple[str, int]]:
-    """stride -> (module, channels) of each stage's output: timm's feature_info module, else the last module (the
-    outermost of those returning the same map) whose NCHW output has that stride and is not its input unchanged."""
+                   excluded: set[str]) -> dict[int, tuple[str, int]]:
+    """stride -> (module, channels) of each stage's output.
+
+    A timm model says where its stages end (``feature_info``): those modules, where their output is an NCHW map.
+    Otherwise the last module (the outermost of those returning the same map) whose NCHW output has that stride and
+    is not its input unchanged, outside any module that takes something other than an NCHW map (a token block).
+    """
+    info = _feature_info_modules(model)
+    if info:
+        out = {}
+        for stride, name in info.items():
+            rec = records.get(name)
+            if stride <= MAX_STRIDE and rec is not None and rec.calls == 1 and isinstance(rec.output, torch.Tensor) \
+                    and nchw_stride(tuple(rec.output.shape), image) == stride:
+                out[stride] = (name, int(rec.output.shape[1]))
+        return dict(sorted(out.items()))
+
+    def stride_of(value: Any) -> int | None:
+        return nchw_stride(tuple(value.shape), image) if isinstance(value, torch.Tensor) else None
+
+    # Inside a downsampling block (an inverted residual's expansion conv) is not the end of a stage, nor inside a
+    # module that takes tokens; plain nn.Sequential containers only chain their children, so their insides count.
+    closed = [name for name, rec in records.items()
+              if type(rec.module).forward is not nn.Sequential.forward and rec.inputs
+              and (stride_of(rec.inputs[0]) is None or stride_of(rec.inputs[0]) != stride_of(rec.output))]
     by_stride: dict[int, tuple[str, int]] = {}
-    # A module inside a downsampling block (an inverted residual's expansion conv) is part of that block, not the end
-    # of a stage; plain nn.Sequential containers only chain their children, so their insides count.
-    downsampling = [name for name, rec in records.items()
-                    if type(rec.module).forward is not nn.Sequential.forward and rec.inputs
-                    and isinstance(rec.inputs[0], torch.Tensor) and isinstance(rec.output, torch.Tensor)
-                    and nchw_stride(tuple(rec.inputs[0].shape), image) != nchw_stride(tuple(rec.output.shape), image)]
     for name, rec in sorted(records.items(), key=lambda item: item[1].order):
-        out = rec.output
-        if name in inside_attention or rec.calls != 1 or not isinstance(out, torch.Tensor) or out.ndim != 4:
-            continue
-        stride = nchw_stride(tuple(out.shape), image)
-        if stride is None or stride > MAX_STRIDE or any(name.startswith(d + ".") for d in downsampling):
+        stride = stride_of(rec.output)
+        if (name in excluded or rec.calls != 1 or stride is None or stride > MAX_STRIDE
+                or any(name.startswith(d + ".") for d in closed)):
             continue
         first = rec.inputs[0] if rec.inputs else None
-        if isinstance(first, torch.Tensor) and first.shape == out.shape and torch.equal(first, out):
+        if isinstance(first, torch.Tensor) and first.shape == rec.output.shape and torch.equal(first, rec.output):
             continue  # adaptive pooling to the size it already has, dropout, identity: nothing happens here
-        by_stride[stride] = (name, int(out.shape[1]))
-    for stride, name in _feature_info_modules(model).items():
-        rec = records.get(name)
-        if stride <= MAX_STRIDE and rec is not None and rec.calls == 1 and isinstance(rec.output, torch.Tensor) \
-                and nchw_stride(tuple(rec.output.shape), image) == stride:
-            by_stride[stride] = (name, int(rec.output.shape[1]))
+        by_stride[stride] = (name, int(rec.output.shape[1]))
     return dict(sorted(by_stride.items()))

@@ -6,6 +6,7 @@ import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -55,6 +56,34 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str
         if isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON-decoded metadata of a ``.safetensors`` file (values that are not JSON stay strings); ``{}`` for
+    other files.
+
+    Raises:
+        ValueError: a corrupt or hostile safetensors header (one claiming 2^60 bytes, say).
+    """
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a valid safetensors file ({err})") from None
+    out = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value)
+        except (TypeError, ValueError):
+            out[key] = value
+    return out
 
 
 _INJECTED = "visattn_injected"  # a plain attribute: survives deepcopy and .to(), stays out of the state_dict

@@ -6,7 +6,6 @@ safetensors metadata, so one file is enough to rebuild the model, its class name
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -16,7 +15,6 @@ from typing import Any
 import cv2
 import timm
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from timm.data import ImageNetInfo, infer_imagenet_subset
 from torch import nn
@@ -25,6 +23,7 @@ from ..config import TrainConfig
 from ..config.loader import config_from_dict, load_config, merge_overrides
 from ..data.side import side_width
 from ..models import load_weights, read_state_dict
+from ..models.weights import read_metadata
 from ..training.model import build_model
 
 __all__ = ["TrainedModel", "load_trained", "class_names", "timm_eval_config"]
@@ -45,23 +44,6 @@ class TrainedModel:
     config: TrainConfig
     classes: list[str]
     weights: Path
-
-
-def _metadata(path: Path) -> dict[str, Any]:
-    if path.suffix != ".safetensors":
-        return {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except SafetensorError as err:  # a corrupt or hostile header (one claiming 2^60 bytes, say)
-        raise ValueError(f"{path} is not a valid safetensors file ({err})") from None
-    out = {}
-    for key, value in raw.items():
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -165,7 +147,7 @@ def load_trained(
     else:
         raise FileNotFoundError(f"source={str(source)!r} is neither a run folder nor a weights file")
 
-    meta = _metadata(weights)
+    meta = read_metadata(weights)
     state = _read_weights(weights, meta)
     if config is not None:
         cfg = load_config(TrainConfig, config, overrides)

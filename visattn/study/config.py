@@ -148,4 +148,11 @@ def config_hash(cfg: TrainConfig) -> str:
     data = config_to_dict(cfg)
     for section, key in _NOT_HASHED:
         data.get(section, {}).pop(key, None)
+    # Hashed under the section's first name, without the option added with the rename, so that the records of runs
+    # made before model.inject became model.attn still match their configs.
+    model = data.get("model", {})
+    attn = model.pop("attn", None)
+    if isinstance(attn, dict) and attn.get("replace") is False:
+        attn.pop("replace")
+    model["inject"] = attn
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]

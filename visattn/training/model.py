@@ -7,10 +7,11 @@ import warnings
 import timm
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import AttnConfig, ModelConfig, TrainConfig, config_from_dict
 from ..models import InjectionReport, load_weights, read_state_dict, use_small_input_stem
 from ..models.fusion import FusionClassifier
 from ..models.inject import inject
+from ..models.weights import read_metadata
 
 __all__ = ["build_model"]
 
@@ -55,24 +56,45 @@ def _image_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Injecti
         use_small_input_stem(model, stride=cfg.small_input_stride)
 
     state = read_state_dict(cfg.pretrained) if cfg.pretrained else None
-    # Weights of a run that injected blocks carry keys the plain model lacks: inject first so that they load too.
-    # Otherwise load first, so that inject checks its identity property on the trained model.
-    own_keys = set(model.state_dict())
-    inject_first = cfg.inject is not None and state is not None and any(k not in own_keys for k in state)
+    # Weights saved from a model with attention say so in their metadata (the config they were trained with): that
+    # attention goes in first, so that its keys load too. Otherwise the weights load first, so that inject checks its
+    # identity property on the trained model.
+    recorded = recorded_attn(cfg.pretrained) if cfg.pretrained else None
+    if recorded is not None and recorded != cfg.attn:
+        raise ValueError(f"{cfg.pretrained} holds a model with attention {_describe(recorded)}, but model.attn is "
+                         f"{_describe(cfg.attn)}; set model.attn to what the weights were saved with (their keys "
+                         f"must fit), or start from weights saved without attention")
     report = None
-    if inject_first:
-        model, report = _inject(model, cfg)
+    if recorded is not None:
+        model, report = _inject(model, cfg.attn)
     if state is not None:
         _load(model, state, cfg.pretrained)
-    if cfg.inject is not None and not inject_first:
-        model, report = _inject(model, cfg)
+    if cfg.attn is not None and recorded is None:
+        model, report = _inject(model, cfg.attn)
     return model, report
 
 
-def _inject(model: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, InjectionReport]:
-    spec = cfg.inject
+def _describe(spec: AttnConfig | None) -> str:
+    if spec is None:
+        return "none"
+    return f"{{block: {spec.block}, stages: {spec.stages}, blocks: {spec.blocks}, replace: {spec.replace}}}"
+
+
+def recorded_attn(path: str) -> AttnConfig | None:
+    """The ``model.attn`` a visattn weights file was saved with (from the config in its metadata), or None: no
+    attention, or a file without visattn metadata (a plain state_dict is taken as saved without attention)."""
+    config = read_metadata(path).get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    spec = (model.get("attn") or model.get("inject")) if isinstance(model, dict) else None
+    if spec is None:
+        return None
+    return config_from_dict(TrainConfig, {"model": {"attn": spec}}).model.attn
+
+
+def _inject(model: nn.Module, spec: AttnConfig) -> tuple[nn.Module, InjectionReport]:
     # A run prints the whole report itself, and its checkpoints and load_trained rebuild the injected model.
-    return inject(model, spec.block, stages=spec.stages, blocks=spec.blocks, init=spec.init, **spec.kwargs)
+    return inject(model, spec.block, stages=spec.stages, blocks=spec.blocks, replace=spec.replace, init=spec.init,
+                  **spec.kwargs)
 
 
 def _load(model: nn.Module, state: dict, source: str) -> None:
