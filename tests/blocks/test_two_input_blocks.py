@@ -148,8 +148,10 @@ def test_inject_cross_is_an_identity_keeps_keys_and_trains(kind, query, context)
         before = model(x)
     model, report = visattn.inject_cross(model, query_stage=query, context_stage=context, num_heads=2,
                                          position="relative", input_size=(3, 64, 64))
-    assert keys < set(model.state_dict()) and all(k.startswith(f"layer{query}.cross_attn.") for k in report.new_keys)
-    assert report.max_abs_diff == 0 and report.sites[0].path == f"layer{query}.cross_attn"
+    # The stage's last block computes its output, so it holds the block (a Sequential would run a child it holds).
+    path = f"layer{query}.{len(getattr(model, f'layer{query}')) - 1}.cross_attn"
+    assert keys < set(model.state_dict()) and all(k.startswith(f"{path}.") for k in report.new_keys)
+    assert report.max_abs_diff == 0 and report.sites[0].path == path
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, atol=0, rtol=0)
     # It learns: after a few SGD steps its output branch is no longer zero and the model's outputs moved.
@@ -160,7 +162,7 @@ def test_inject_cross_is_an_identity_keeps_keys_and_trains(kind, query, context)
         optimizer.zero_grad()
         F.cross_entropy(model(x), labels).backward()
         optimizer.step()
-    block = model.get_submodule(f"layer{query}.cross_attn")
+    block = model.get_submodule(path)
     assert block.norm.weight.abs().sum() > 0
 
 
@@ -172,9 +174,9 @@ def test_inject_cross_errors_leave_the_model_alone():
         visattn.inject_cross(model, query_stage=5)
     with pytest.raises(ValueError, match="score must be one of"):
         visattn.inject_cross(model, score="cosine")
-    assert type(model.layer4) is torch.nn.Sequential and not hasattr(model.layer4, "cross_attn")
+    assert type(model.layer4[0]).__name__ == "BasicBlock" and not hasattr(model.layer4[0], "cross_attn")
     visattn.inject_cross(model, input_size=(3, 64, 64))
-    with pytest.raises(ValueError, match="layer4 already attends to a context"):
+    with pytest.raises(ValueError, match=r"layer4.0 already attends to a context"):
         visattn.inject_cross(model)
 
 
@@ -184,6 +186,6 @@ def test_inject_cross_compiles_and_its_maps_are_read():
     compiled = torch.compile(model, backend="aot_eager")
     torch.testing.assert_close(compiled(x), model(x))
     compiled(x).sum().backward()
-    maps = block_maps(model, x, patterns="layer4.cross_attn", queries=[(0.5, 0.5)])
-    assert set(maps.self_attention) == {"layer4.cross_attn@0.5,0.5"}
-    assert maps.self_attention["layer4.cross_attn@0.5,0.5"].shape == (2, 64, 64)
+    maps = block_maps(model, x, patterns="layer4.*cross_attn", queries=[(0.5, 0.5)])
+    assert set(maps.self_attention) == {"layer4.0.cross_attn@0.5,0.5"}
+    assert maps.self_attention["layer4.0.cross_attn@0.5,0.5"].shape == (2, 64, 64)
