@@ -1,6 +1,5 @@
 """visattn.utils: the helpers other modules lean on."""
 
-import pytest
 import timm
 import torch
 from torch import nn
@@ -28,8 +27,8 @@ def test_input_channels_reads_timms_stem():
     assert grey.pretrained_cfg["input_size"][0] == 3  # why the cfg's input_size cannot be trusted for channels
     assert input_channels(grey) == 1
     # inject probes with the stem's channels when no input_size is given.
-    with pytest.warns(UserWarning, match="added 1 se blocks"):
-        visattn.inject(grey, "se", stages=[4])
+    _, report = visattn.inject(grey, "se", stages=[4])
+    assert report.input_size[0] == 1 and len(report.sites) == 1
 
 
 def test_input_channels_does_not_guess_unless_asked():
