@@ -420,6 +420,8 @@ def _stage_outputs(model: nn.Module, records: dict[str, _Record], image: tuple[i
     if info:
         out = {}
         for stride, name in info.items():
+            if name not in records:  # a features_only model flattens the path: 'features.denseblock1' -> '..._...'
+                name = name.replace(".", "_")
             rec = records.get(name)
             if stride <= MAX_STRIDE and rec is not None and rec.calls == 1 and isinstance(rec.output, torch.Tensor) \
                     and nchw_stride(tuple(rec.output.shape), image) == stride:
