@@ -210,3 +210,36 @@ def test_many_timm_and_torchvision_cnns_take_a_block(name):
     out = model(x)
     out = out if isinstance(out, torch.Tensor) else out[0]  # GoogLeNet adds auxiliary logits in training
     F.cross_entropy(out, torch.tensor([0, 1])).backward()
+
+
+class _Double(torch.nn.Module):
+    def __init__(self, channels, device=None, dtype=None):
+        super().__init__()
+
+    def forward(self, x):
+        return 2 * x
+
+
+@pytest.mark.parametrize("name", ["cs3darknet_s", "mixnet_m", "hgnetv2_b0", "ecaresnet26t"])
+def test_sites_agree_with_forward_hooks_on_the_modules_they_follow(name):
+    # Reference by another route: a block that doubles its input, put in by inject's rewritten forwards, must equal
+    # the original model with a forward hook doubling the output of each module the sites follow.
+    from visattn.models.structure import trace_module
+
+    model = _model(name)
+    reference = copy.deepcopy(model)
+    sites = [s for v in find_sites(model, SIZE).sites.values() for s in v]
+    for site in sites:
+        if site.kind == "stage_output":
+            module = reference.get_submodule(site.path)
+        else:
+            graph = trace_module(model.get_submodule(site.path), fill_slots=True)[0].graph
+            node = next(n for n in graph.nodes if n.name == site.after)
+            assert node.op == "call_module", (name, site)
+            module = reference.get_submodule(f"{site.path}.{node.target}")
+        module.register_forward_hook(lambda m, i, o: 2 * o)
+    injected, _ = visattn.inject(copy.deepcopy(model), _Double, init="default", input_size=SIZE)
+    with torch.no_grad():
+        out, ref, plain = injected(X), reference(X), model(X)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
+    assert (out - plain).abs().max() > 1e-3  # the doubling is visible: the comparison is not vacuous
