@@ -22,7 +22,7 @@ from ..blocks.cross_attention import CrossAttention2d
 from ..utils import count_flops, count_params, eval_mode, model_device_dtype
 from .inject import Injected, output_change, probe_input_size
 from .inject_report import InjectionReport, InjectionSite
-from .rewrite import output_owner
+from .rewrite import output_owner, subclass_with_forward
 from .structure import find_structure
 from .weights import mark_injected
 
@@ -40,9 +40,7 @@ def _query_class(base: type[nn.Module]) -> type[nn.Module]:
             raise RuntimeError("the context stage did not run before this stage in this forward pass")
         return self.cross_attn(y, context)
 
-    name = f"{base.__name__}WithCrossAttention"
-    return type(name, (base,), {"forward": forward, "__module__": __name__, "__qualname__": name,
-                                "_visattn_base_class": original_class_of(base)})
+    return subclass_with_forward(base, forward, "CrossAttention")
 
 
 def _context_class(base: type[nn.Module], query: nn.Module) -> type[nn.Module]:
@@ -51,13 +49,7 @@ def _context_class(base: type[nn.Module], query: nn.Module) -> type[nn.Module]:
         query.__dict__[_CONTEXT] = out
         return out
 
-    name = f"{base.__name__}AsContext"
-    return type(name, (base,), {"forward": forward, "__module__": __name__, "__qualname__": name,
-                                "_visattn_base_class": original_class_of(base)})
-
-
-def original_class_of(cls: type[nn.Module]) -> type[nn.Module]:
-    return getattr(cls, "_visattn_base_class", cls)
+    return subclass_with_forward(base, forward, "Context")
 
 
 def inject_cross(

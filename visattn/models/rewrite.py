@@ -20,21 +20,14 @@ from torch import fx, nn
 
 from .structure import LeafTracer, train_modes
 
-__all__ = ["call_after_node", "call_on_output", "undo", "original_class"]
-
-_BASE = "_visattn_base_class"
+__all__ = ["call_after_node", "call_on_output", "undo", "subclass_with_forward", "output_owner"]
 
 
-def original_class(module: nn.Module) -> type[nn.Module]:
-    """The class ``module`` had before visattn gave it a child (its own class if never)."""
-    return getattr(type(module), _BASE, type(module))
-
-
-def _subclass(module: nn.Module, forward: Callable[..., Any], what: str) -> type[nn.Module]:
-    base = type(module)
-    name = f"{base.__name__}With{what}"
-    return type(name, (base,), {"forward": forward, "__module__": __name__, "__qualname__": name,
-                                _BASE: original_class(module)})
+def subclass_with_forward(base: type[nn.Module], forward: Callable[..., Any], suffix: str) -> type[nn.Module]:
+    """A subclass ``<base>With<suffix>`` of ``base`` with another ``forward``. Its module is visattn's, so FX
+    tracers trace through it (torch's own layers are leaves to them) and see what the new forward adds."""
+    name = f"{base.__name__}With{suffix}"
+    return type(name, (base,), {"forward": forward, "__module__": __name__, "__qualname__": name})
 
 
 def _forward_with_call(module: nn.Module, after: str, child: str) -> Callable[..., Any]:
@@ -72,7 +65,7 @@ def call_after_node(module: nn.Module, after: str, child_name: str, child: nn.Mo
     else:
         def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
             return (train_forward if self.training else eval_forward)(self, *args, **kwargs)
-    module.__class__ = _subclass(module, forward, "Attention")
+    module.__class__ = subclass_with_forward(type(module), forward, "Attention")
     module.add_module(child_name, child)
 
 
@@ -116,7 +109,7 @@ def call_on_output(module: nn.Module, child_name: str, child: nn.Module) -> None
     def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         return getattr(self, child_name)(base.forward(self, *args, **kwargs))
 
-    module.__class__ = _subclass(module, forward, "Attention")
+    module.__class__ = subclass_with_forward(type(module), forward, "Attention")
     module.add_module(child_name, child)
 
 
