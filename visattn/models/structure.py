@@ -188,8 +188,7 @@ def _ancestors(node: fx.Node) -> set[fx.Node]:
 class _Analyser:
     """Decides what each module is, with the values of one probe pass."""
 
-    def __init__(self, model: nn.Module, image: tuple[int, int]) -> None:
-        self.model = model
+    def __init__(self, image: tuple[int, int]) -> None:
         self.image = image
         self._gate_cache: dict[int, bool] = {}
 
@@ -358,7 +357,7 @@ def stage_numbers(strides: set[int]) -> dict[int, int]:
 def find_structure(model: nn.Module, probe: torch.Tensor) -> ModelStructure:
     """Find every residual block and stage output of ``model`` with one probe pass (eval mode, no grad)."""
     image = (probe.shape[-2], probe.shape[-1])
-    analyser = _Analyser(model, image)
+    analyser = _Analyser(image)
     with torch.no_grad():
         records = _probe(model, probe)
     # Attention modules and everything inside them are not blocks.
